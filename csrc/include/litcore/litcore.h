@@ -1,0 +1,13 @@
+// litcore: run PyTorch models whose weights live in a memory-mapped file.
+// The one header C++ applications include.
+#pragma once
+
+#include "litcore/checksum.h"
+#include "litcore/dtype.h"
+#include "litcore/errors.h"
+#include "litcore/format.h"
+#include "litcore/mapping.h"
+#include "litcore/script_store.h"
+#include "litcore/store.h"
+#include "litcore/version.h"
+#include "litcore/writer.h"

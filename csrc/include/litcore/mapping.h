@@ -1,0 +1,40 @@
+// A read-only file mapped copy-on-write into memory, with page advice.
+// OS details (mmap, madvise, posix_fadvise) stay in mapping.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace litcore {
+
+class Mapping {
+ public:
+  // Maps the whole file MAP_PRIVATE: writes into the memory never reach the file and
+  // never fault. Throws IOError (with strerror) if the file cannot be opened or mapped.
+  explicit Mapping(const std::string& path);
+  ~Mapping();
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+
+  const std::string& path() const;
+  uint8_t* addr() const;
+  uint64_t size() const;
+
+  // Advice on byte ranges; ranges are widened to whole pages. Failures only warn:
+  // advice is an optimisation, never a correctness requirement.
+  void willneed(uint64_t offset, uint64_t length) const;
+  // Faults the range in now (MADV_POPULATE_READ, or touching each page), so that later
+  // accesses from the compute thread cost no page faults.
+  void populate(uint64_t offset, uint64_t length) const;
+  // Drops the range from this process and from the page cache (MADV_DONTNEED +
+  // POSIX_FADV_DONTNEED). The memory stays valid: a later access reads the file again.
+  void release(uint64_t offset, uint64_t length) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace litcore

@@ -1,0 +1,69 @@
+// The store: an opened weight file handing out zero-copy tensors.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "litcore/format.h"
+#include "litcore/mapping.h"
+
+namespace litcore {
+
+enum class Verify {
+  None,  // header and index checksums only (always checked)
+  Full,  // every tensor's checksum on open
+  Lazy,  // each tensor's checksum the first time get() returns it
+};
+
+class Store {
+ public:
+  // Opens and validates `path`. Throws IOError or FormatError naming the file.
+  explicit Store(const std::string& path, Verify verify = Verify::None);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::vector<std::string> keys() const;
+  bool contains(const std::string& name) const;
+  size_t size() const;
+  // Throws KeyError naming the tensor and the file.
+  const TensorInfo& info(const std::string& name) const;
+  const FileIndex& index() const { return index_; }
+  const std::map<std::string, std::string>& metadata() const { return index_.metadata; }
+
+  // A CPU tensor whose memory is the file's mapping (no copy). It stays valid after the
+  // store is closed or destroyed: each tensor holds a reference to the mapping.
+  at::Tensor get(const std::string& name) const;
+
+  void prefetch(const std::vector<std::string>& names) const;
+  void release(const std::vector<std::string>& names) const;
+
+  // Checks one tensor's checksum; true when it matches.
+  bool verify(const std::string& name) const;
+  // Checks every stored tensor; returns the names that fail. `progress` gets bytes done.
+  std::vector<std::string> verify_all(const std::function<void(uint64_t)>& progress = {}) const;
+
+  // Unmaps the file once the last tensor is gone; further get() calls throw.
+  void close();
+  bool closed() const { return mapping_ == nullptr; }
+  // The mapping, for the prefetcher. Throws if closed.
+  const std::shared_ptr<Mapping>& mapping() const;
+
+ private:
+  void check_lazy(size_t i) const;
+
+  std::string path_;
+  std::shared_ptr<Mapping> mapping_;
+  FileIndex index_;
+  Verify verify_mode_;
+  std::unique_ptr<std::atomic<bool>[]> verified_;
+};
+
+}  // namespace litcore

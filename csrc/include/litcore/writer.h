@@ -1,0 +1,56 @@
+// Writes a weight file atomically: a temporary file beside the destination, fsync,
+// rename. Until commit() succeeds nothing exists at the destination.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "litcore/format.h"
+
+namespace litcore {
+
+class Writer {
+ public:
+  // Plans the layout for `specs` (in order) and creates the temporary file.
+  Writer(const std::string& path, const std::vector<TensorSpec>& specs,
+         const std::map<std::string, std::string>& metadata);
+  // Removes the temporary file unless commit() succeeded.
+  ~Writer();
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  // Writes all of spec `i`'s bytes (its contiguous data). Aliases take no data.
+  void write(size_t i, const void* data, uint64_t nbytes);
+  // Writes spec `i` by copying `nbytes` from `src_fd` at `src_offset` (no Python,
+  // large reads; the source's page cache is dropped behind).
+  void copy_from_fd(size_t i, int src_fd, uint64_t src_offset, uint64_t nbytes,
+                    const std::string& src_path);
+  // Writes index and header, fsyncs, renames over the destination, fsyncs the directory.
+  void commit();
+  void abort();
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_path_; }
+  const FileIndex& index() const { return index_; }
+  // Total bytes the file will have.
+  uint64_t file_size() const { return index_.file_size; }
+
+ private:
+  void check_writable(size_t i, uint64_t nbytes);
+  void pwrite_all(const void* data, uint64_t nbytes, uint64_t offset);
+
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  FileIndex index_;
+  std::vector<bool> written_;
+  bool committed_ = false;
+};
+
+// Removes `.NAME.*.litcore-partial` files beside `path` left by writers that died.
+void remove_stale_partials(const std::string& path);
+
+}  // namespace litcore

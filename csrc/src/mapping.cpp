@@ -1,0 +1,122 @@
+// POSIX implementation of Mapping (Linux first; advice that is missing elsewhere is skipped).
+#include "litcore/mapping.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "litcore/errors.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older kernels answer EINVAL and we touch pages
+#endif
+
+namespace litcore {
+namespace {
+
+uint64_t page_size() {
+  static const uint64_t size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+void warn(const char* what, const std::string& path, int err) {
+  std::fprintf(stderr, "litcore: warning: %s '%s': %s\n", what, path.c_str(), std::strerror(err));
+}
+
+}  // namespace
+
+struct Mapping::Impl {
+  std::string path;
+  int fd = -1;
+  uint8_t* addr = nullptr;
+  uint64_t size = 0;
+  std::atomic<bool> populate_supported{true};
+
+  // Clamps [offset, offset+length) to the mapping and widens it to whole pages.
+  bool page_range(uint64_t offset, uint64_t length, uint8_t** start, size_t* len) const {
+    if (offset >= size || length == 0) return false;
+    if (length > size - offset) length = size - offset;
+    uint64_t ps = page_size();
+    uint64_t first = offset / ps * ps;
+    uint64_t last = (offset + length + ps - 1) / ps * ps;
+    *start = addr + first;
+    *len = static_cast<size_t>(last - first);
+    return true;
+  }
+};
+
+Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (impl_->fd < 0) throw IOError(errno_message("litcore: cannot open", path, errno));
+  struct stat st;
+  if (fstat(impl_->fd, &st) != 0) {
+    int err = errno;
+    ::close(impl_->fd);
+    throw IOError(errno_message("litcore: cannot stat", path, err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(impl_->fd);
+    throw IOError("litcore: '" + path + "' is not a regular file");
+  }
+  impl_->size = static_cast<uint64_t>(st.st_size);
+  if (impl_->size == 0) return;  // nothing to map; the parser reports the truncation
+  // PROT_WRITE + MAP_PRIVATE: a write into a tensor copies the page instead of faulting
+  // or reaching the file. MAP_NORESERVE: the mapping is not charged as if every page
+  // might be written, so a file larger than RAM + swap still maps under overcommit rules.
+  void* p = mmap(nullptr, impl_->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, impl_->fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    ::close(impl_->fd);
+    throw IOError(errno_message("litcore: cannot mmap", path, err));
+  }
+  impl_->addr = static_cast<uint8_t*>(p);
+}
+
+Mapping::~Mapping() {
+  if (impl_->addr) munmap(impl_->addr, impl_->size);
+  if (impl_->fd >= 0) ::close(impl_->fd);
+}
+
+const std::string& Mapping::path() const { return impl_->path; }
+uint8_t* Mapping::addr() const { return impl_->addr; }
+uint64_t Mapping::size() const { return impl_->size; }
+
+void Mapping::willneed(uint64_t offset, uint64_t length) const {
+  uint8_t* start;
+  size_t len;
+  if (!impl_->page_range(offset, length, &start, &len)) return;
+  if (madvise(start, len, MADV_WILLNEED) != 0) warn("madvise(WILLNEED)", impl_->path, errno);
+}
+
+void Mapping::populate(uint64_t offset, uint64_t length) const {
+  uint8_t* start;
+  size_t len;
+  if (!impl_->page_range(offset, length, &start, &len)) return;
+  if (impl_->populate_supported) {
+    if (madvise(start, len, MADV_POPULATE_READ) == 0) return;
+    if (errno == EINVAL) impl_->populate_supported = false;
+  }
+  // Fallback: touch one byte per page.
+  volatile uint8_t sink = 0;
+  for (size_t i = 0; i < len; i += page_size()) sink ^= start[i];
+  (void)sink;
+}
+
+void Mapping::release(uint64_t offset, uint64_t length) const {
+  uint8_t* start;
+  size_t len;
+  if (!impl_->page_range(offset, length, &start, &len)) return;
+  if (madvise(start, len, MADV_DONTNEED) != 0) warn("madvise(DONTNEED)", impl_->path, errno);
+  off_t file_off = static_cast<off_t>(start - impl_->addr);
+  int rc = posix_fadvise(impl_->fd, file_off, static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+  if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
+}
+
+}  // namespace litcore

@@ -1,0 +1,118 @@
+#include "litcore/store.h"
+
+#include "litcore/aten_dtype.h"
+#include "litcore/checksum.h"
+#include "litcore/errors.h"
+
+namespace litcore {
+
+Store::Store(const std::string& path, Verify verify)
+    : path_(path), mapping_(std::make_shared<Mapping>(path)), verify_mode_(verify) {
+  index_ = parse_file(mapping_->addr(), mapping_->size(), path_);
+  verified_.reset(new std::atomic<bool>[index_.tensors.size()]);
+  for (size_t i = 0; i < index_.tensors.size(); ++i) verified_[i] = false;
+  if (verify == Verify::Full) {
+    auto bad = verify_all();
+    if (!bad.empty()) {
+      std::string names;
+      for (size_t i = 0; i < bad.size() && i < 20; ++i) names += (i ? ", '" : "'") + bad[i] + "'";
+      if (bad.size() > 20) names += ", ...";
+      throw FormatError("litcore: '" + path_ + "': checksum mismatch in " + std::to_string(bad.size()) +
+                        " tensor(s): " + names);
+    }
+  }
+}
+
+Store::~Store() = default;
+
+std::vector<std::string> Store::keys() const {
+  std::vector<std::string> out;
+  out.reserve(index_.tensors.size());
+  for (const auto& t : index_.tensors) out.push_back(t.name);
+  return out;
+}
+
+bool Store::contains(const std::string& name) const { return index_.find(name) != nullptr; }
+
+size_t Store::size() const { return index_.tensors.size(); }
+
+const TensorInfo& Store::info(const std::string& name) const {
+  const TensorInfo* t = index_.find(name);
+  if (!t) throw KeyError("litcore: no tensor '" + name + "' in '" + path_ + "'");
+  return *t;
+}
+
+const std::shared_ptr<Mapping>& Store::mapping() const {
+  if (!mapping_) throw Error("litcore: store '" + path_ + "' is closed");
+  return mapping_;
+}
+
+void Store::check_lazy(size_t i) const {
+  if (verify_mode_ != Verify::Lazy || verified_[i].load(std::memory_order_acquire)) return;
+  const TensorInfo& t = index_.tensors[i];
+  if (xxh64(mapping()->addr() + t.offset, t.nbytes) != t.checksum) {
+    throw FormatError("litcore: '" + path_ + "': tensor '" + t.name + "': checksum mismatch (the data is corrupt)");
+  }
+  verified_[i].store(true, std::memory_order_release);
+}
+
+at::Tensor Store::get(const std::string& name) const {
+  const TensorInfo& t = info(name);
+  const auto& m = mapping();
+  size_t stored = t.alias_of >= 0 ? static_cast<size_t>(t.alias_of) : index_.by_name.at(name);
+  check_lazy(stored);
+  auto options = at::TensorOptions().dtype(to_scalar_type(t.dtype)).device(at::kCPU);
+  if (t.nbytes == 0) return at::empty(t.shape, options);
+  // The deleter owns a reference to the mapping: the tensor outlives the store.
+  std::shared_ptr<Mapping> keep = m;
+  return at::from_blob(m->addr() + t.offset, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+}
+
+void Store::prefetch(const std::vector<std::string>& names) const {
+  const auto& m = mapping();
+  for (const auto& n : names) {
+    const TensorInfo& t = info(n);
+    m->willneed(t.offset, t.nbytes);
+  }
+}
+
+void Store::release(const std::vector<std::string>& names) const {
+  const auto& m = mapping();
+  for (const auto& n : names) {
+    const TensorInfo& t = info(n);
+    m->release(t.offset, t.nbytes);
+  }
+}
+
+bool Store::verify(const std::string& name) const {
+  const TensorInfo& t = info(name);
+  return xxh64(mapping()->addr() + t.offset, t.nbytes) == t.checksum;
+}
+
+std::vector<std::string> Store::verify_all(const std::function<void(uint64_t)>& progress) const {
+  std::vector<std::string> bad;
+  const auto& m = mapping();
+  for (size_t i = 0; i < index_.tensors.size(); ++i) {
+    const TensorInfo& t = index_.tensors[i];
+    if (t.alias_of >= 0) continue;
+    // Hash in 64 MiB steps so progress moves and big files are dropped behind.
+    Xxh64 h;
+    uint64_t done = 0;
+    while (done < t.nbytes) {
+      uint64_t step = std::min<uint64_t>(t.nbytes - done, 64ull << 20);
+      h.update(m->addr() + t.offset + done, step);
+      done += step;
+      if (progress) progress(step);
+    }
+    if (h.digest() != t.checksum) {
+      bad.push_back(t.name);
+    } else {
+      verified_[i] = true;
+    }
+  }
+  return bad;
+}
+
+void Store::close() { mapping_.reset(); }
+
+}  // namespace litcore

@@ -1,0 +1,5 @@
+import sys
+
+from litcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""`litcore.convert`: safetensors files, Hugging Face model directories and torch state-dict
+files to one litcore weight file, streaming: one tensor in memory at a time."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from litcore import dtypes
+from litcore._native import FormatError, _C
+from litcore.dtypes import DTypeLike
+from litcore.save import TensorPlan, base_metadata, plan_tensors, write_planned
+from litcore.store import PathLike
+
+__all__ = ["convert", "natural_key", "CONFIG_METADATA_KEY"]
+
+CONFIG_METADATA_KEY = "transformers.config"
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E5M2": torch.float8_e5m2, "F8_E4M3": torch.float8_e4m3fn,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "C64": torch.complex64,
+}
+if hasattr(torch, "float8_e8m0fnu"):
+    _SAFETENSORS_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+
+_MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def natural_key(name: str) -> List:
+    """Sort key that puts "layers.10" after "layers.9" (module order for most models)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+class _SafetensorsFile:
+    """The header of a .safetensors file: names, dtypes, shapes and absolute byte ranges.
+
+    Parsed here rather than through `safetensors.safe_open`, whose memory map would keep
+    every converted byte of the source resident; we stream with pread instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise FormatError(f"litcore: '{path}': not a safetensors file (shorter than 8 bytes)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_SAFETENSORS_HEADER or 8 + n > size:
+                raise FormatError(f"litcore: '{path}': safetensors header length {n} is invalid for a {size}-byte file")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as exc:
+                raise FormatError(f"litcore: '{path}': safetensors header is not valid JSON ({exc})") from None
+        self.metadata: Dict[str, str] = dict(header.pop("__metadata__", None) or {})
+        self.entries: Dict[str, Tuple[torch.dtype, Tuple[int, ...], int, int]] = {}
+        base = 8 + n
+        for name, e in header.items():
+            try:
+                dtype = _SAFETENSORS_DTYPES[e["dtype"]]
+                shape = tuple(int(d) for d in e["shape"])
+                begin, end = (int(x) for x in e["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise FormatError(f"litcore: '{path}': tensor '{name}': unsupported or malformed entry {e!r}") from None
+            numel = 1
+            for d in shape:
+                numel *= d
+            nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+            if min(shape, default=0) < 0 or end - begin != nbytes or begin < 0 or base + end > size:
+                raise FormatError(f"litcore: '{path}': tensor '{name}': byte range [{begin}, {end}) does not fit "
+                                  f"{e['dtype']} {list(shape)} or the file")
+            self.entries[name] = (dtype, shape, base + begin, nbytes)
+
+
+def _safetensors_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str], List[int]]:
+    plans: List[TensorPlan] = []
+    original: Dict[str, str] = {}
+    fds: List[int] = []
+    names = set()
+    for path in files:
+        st = _SafetensorsFile(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fds.append(fd)
+        for name, (src_dtype, shape, offset, nbytes) in st.entries.items():
+            final = dtypes.cast(torch.empty(0, dtype=src_dtype), dtype).dtype
+            if final == src_dtype:
+                def produce(w: "_C.Writer", i: int, fd: int = fd, offset: int = offset, nbytes: int = nbytes, path: str = path) -> None:
+                    w.copy_from_fd(i, fd, offset, nbytes, path)
+            else:
+                original[name] = dtypes.name_of(src_dtype)
+
+                def produce(w: "_C.Writer", i: int, fd: int = fd, offset: int = offset, nbytes: int = nbytes,
+                            src_dtype: torch.dtype = src_dtype, shape: Tuple[int, ...] = shape, path: str = path) -> None:
+                    raw = torch.empty(nbytes, dtype=torch.uint8)
+                    got = os.preadv(fd, [raw.numpy()], offset) if nbytes else 0
+                    if got != nbytes:
+                        raise OSError(f"litcore: '{path}' ended early ({got} of {nbytes} bytes)")
+                    w.write(i, raw.view(src_dtype).reshape(shape).to(dtype).contiguous())
+            if name in names:
+                raise FormatError(f"litcore: tensor '{name}' appears in more than one shard ('{path}')")
+            names.add(name)
+            plans.append(TensorPlan(name, final, shape, produce=produce))
+    return plans, original, fds
+
+
+def _load_torch_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zip" not in str(exc):
+            raise
+        warnings.warn(f"'{path}' is in torch's legacy (non-zip) format and cannot be memory-mapped; "
+                      "it is loaded whole", stacklevel=3)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict) and not any(
+            isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"litcore: '{path}' does not hold a state dict (a dict of name -> tensor)")
+    return obj
+
+
+def _torch_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str]]:
+    items: List[Tuple[str, torch.Tensor]] = []
+    for path in files:
+        items.extend(_load_torch_state_dict(path).items())
+    plans, original = plan_tensors(items, dtype)
+    for plan, (_, t) in zip(plans, items):
+        if plan.produce is not None:
+            inner = plan.produce
+
+            def produce(w: "_C.Writer", i: int, inner=inner, t: torch.Tensor = t) -> None:
+                inner(w, i)
+                _C.drop_pages(t)  # the mmap'ed source page is not needed again
+
+            plan.produce = produce
+    return plans, original
+
+
+def _resolve_sources(src: str) -> Tuple[str, List[str]]:
+    """('safetensors' | 'torch', files) for a file or a Hugging Face model directory."""
+    if os.path.isdir(src):
+        for index_name, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "torch")):
+            index_path = os.path.join(src, index_name)
+            if os.path.exists(index_path):
+                with open(index_path) as f:
+                    weight_map = json.load(f).get("weight_map", {})
+                shards = sorted(set(weight_map.values()), key=natural_key)
+                return kind, [os.path.join(src, s) for s in shards]
+        found = sorted((f for f in os.listdir(src) if f.endswith(".safetensors")), key=natural_key)
+        if found:
+            return "safetensors", [os.path.join(src, f) for f in found]
+        for name in ("pytorch_model.bin", "model.pt", "model.bin"):
+            if os.path.exists(os.path.join(src, name)):
+                return "torch", [os.path.join(src, name)]
+        raise FileNotFoundError(f"litcore: no .safetensors or pytorch_model.bin weights in directory '{src}'")
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"litcore: '{src}' does not exist")
+    if src.endswith(".safetensors"):
+        return "safetensors", [src]
+    if src.endswith((".bin", ".pt", ".pth", ".ckpt")):
+        return "torch", [src]
+    raise ValueError(f"litcore: cannot tell the format of '{src}' (expected .safetensors, .bin, .pt or .pth, or a model directory)")
+
+
+def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, progress: bool = True,
+            order: Optional[Sequence[str]] = None, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Converts weights at `src` to the litcore file `dst`; returns `dst`.
+
+    `src` is a .safetensors file, a Hugging Face model directory (single or sharded
+    safetensors, or pytorch_model.bin), or a torch state-dict file (.bin/.pt, loaded with
+    weights_only=True, mmap=True). Tensors are written in `order` if given (names not in
+    it follow), else in natural name order. A model directory's config.json is kept in the
+    metadata under "transformers.config".
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    target = dtypes.resolve(dtype)
+    kind, files = _resolve_sources(src)
+    fds: List[int] = []
+    try:
+        if kind == "safetensors":
+            plans, original, fds = _safetensors_plans(files, target)
+        else:
+            plans, original = _torch_plans(files, target)
+        rank = {name: i for i, name in enumerate(order or [])}
+        fallback = len(rank)
+        plans = _reorder(plans, lambda p: (rank.get(p.name, fallback), natural_key(p.name)))
+        meta = {"litcore.source": os.path.basename(os.path.normpath(src)), "litcore.source_format": kind}
+        config = os.path.join(src, "config.json") if os.path.isdir(src) else None
+        if config and os.path.exists(config):
+            with open(config) as f:
+                meta[CONFIG_METADATA_KEY] = f.read()
+        meta.update(metadata or {})
+        write_planned(dst, plans, base_metadata(meta, original), progress=progress,
+                      desc=f"convert {os.path.basename(os.path.normpath(src))}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return dst
+
+
+def _reorder(plans: List[TensorPlan], key) -> List[TensorPlan]:
+    """Sorts plans, keeping every alias after (and pointing at) its target."""
+    order = sorted(range(len(plans)), key=lambda i: key(plans[i]))
+    stored = [i for i in order if plans[i].alias_of < 0]
+    aliases = [i for i in order if plans[i].alias_of >= 0]
+    new_index = {old: new for new, old in enumerate(stored + aliases)}
+    out = []
+    for old in stored + aliases:
+        p = plans[old]
+        if p.alias_of >= 0:
+            p.alias_of = new_index[p.alias_of]
+        out.append(p)
+    return out

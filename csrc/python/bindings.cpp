@@ -52,7 +52,12 @@ PYBIND11_MODULE(_C, m) {
     } catch (const FormatError& e) {
       py::set_error(format_error, e.what());
     } catch (const IOError& e) {
-      py::set_error(PyExc_OSError, e.what());
+      // OSError(errno, message) picks the subclass (FileNotFoundError, PermissionError...).
+      if (e.code() != 0) {
+        PyErr_SetObject(PyExc_OSError, py::make_tuple(e.code(), e.what()).ptr());
+      } else {
+        py::set_error(PyExc_OSError, e.what());
+      }
     } catch (const litcore::KeyError& e) {
       py::set_error(PyExc_KeyError, e.what());
     }

@@ -54,12 +54,12 @@ struct Mapping::Impl {
 Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
   impl_->path = path;
   impl_->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (impl_->fd < 0) throw IOError(errno_message("litcore: cannot open", path, errno));
+  if (impl_->fd < 0) throw IOError(errno_message("litcore: cannot open", path, errno), errno);
   struct stat st;
   if (fstat(impl_->fd, &st) != 0) {
     int err = errno;
     ::close(impl_->fd);
-    throw IOError(errno_message("litcore: cannot stat", path, err));
+    throw IOError(errno_message("litcore: cannot stat", path, err), err);
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(impl_->fd);
@@ -74,7 +74,7 @@ Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
   if (p == MAP_FAILED) {
     int err = errno;
     ::close(impl_->fd);
-    throw IOError(errno_message("litcore: cannot mmap", path, err));
+    throw IOError(errno_message("litcore: cannot mmap", path, err), err);
   }
   impl_->addr = static_cast<uint8_t*>(p);
 }

@@ -79,7 +79,7 @@ Writer::Writer(const std::string& path, const std::vector<TensorSpec>& specs,
   remove_stale_partials(path);
   temp_path_ = dir_of(path) + "/" + partial_prefix(path) + std::to_string(getpid()) + kPartialSuffix;
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw IOError(errno_message("litcore: cannot create", temp_path_, errno));
+  if (fd_ < 0) throw IOError(errno_message("litcore: cannot create", temp_path_, errno), errno);
   // Reserve the space now, so a full disk is reported before any data is written.
   int rc = posix_fallocate(fd_, 0, static_cast<off_t>(index_.file_size));
   if (rc == EOPNOTSUPP || rc == EINVAL) {
@@ -87,7 +87,7 @@ Writer::Writer(const std::string& path, const std::vector<TensorSpec>& specs,
   }
   if (rc != 0) {
     abort();
-    throw IOError(errno_message("litcore: cannot reserve " + std::to_string(index_.file_size) + " bytes for", path, rc));
+    throw IOError(errno_message("litcore: cannot reserve " + std::to_string(index_.file_size) + " bytes for", path, rc), rc);
   }
 }
 
@@ -124,7 +124,7 @@ void Writer::pwrite_all(const void* data, uint64_t nbytes, uint64_t offset) {
       if (errno == EINTR) continue;
       int err = errno;
       abort();
-      throw IOError(errno_message("litcore: write failed for", path_, err));
+      throw IOError(errno_message("litcore: write failed for", path_, err), err);
     }
     p += n;
     offset += static_cast<uint64_t>(n);
@@ -156,7 +156,7 @@ void Writer::copy_from_fd(size_t i, int src_fd, uint64_t src_offset, uint64_t nb
       int err = n < 0 ? errno : EIO;
       abort();
       if (n == 0) throw IOError("litcore: '" + src_path + "' ended early while reading tensor '" + t.name + "'");
-      throw IOError(errno_message("litcore: read failed for", src_path, err));
+      throw IOError(errno_message("litcore: read failed for", src_path, err), err);
     }
     h.update(buffer.get(), static_cast<size_t>(n));
     pwrite_all(buffer.get(), static_cast<uint64_t>(n), t.offset + done);
@@ -185,14 +185,14 @@ void Writer::commit() {
   if (::fsync(fd_) != 0) {
     int err = errno;
     abort();
-    throw IOError(errno_message("litcore: fsync failed for", temp_path_, err));
+    throw IOError(errno_message("litcore: fsync failed for", temp_path_, err), err);
   }
   ::close(fd_);
   fd_ = -1;
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     int err = errno;
     ::unlink(temp_path_.c_str());
-    throw IOError(errno_message("litcore: cannot rename '" + temp_path_ + "' to", path_, err));
+    throw IOError(errno_message("litcore: cannot rename '" + temp_path_ + "' to", path_, err), err);
   }
   committed_ = true;
   fsync_dir(dir_of(path_));

@@ -21,7 +21,11 @@ class FormatError : public Error {
 // An operating-system failure (open, mmap, read, write, rename...) carrying strerror.
 class IOError : public Error {
  public:
-  using Error::Error;
+  explicit IOError(const std::string& what, int err = 0) : Error(what), err_(err) {}
+  int code() const { return err_; }  // errno, or 0
+
+ private:
+  int err_;
 };
 
 // A tensor name that is not in the file.

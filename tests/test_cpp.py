@@ -1,0 +1,32 @@
+"""The C++ API, built with plain CMake (find_package(litcore)), reads what Python wrote."""
+import subprocess
+
+import torch
+import xxhash
+
+import litcore
+from conftest import ALL_DTYPES, sample
+
+
+def test_cpp_reads_the_same_file(tmp, cpp_tests):
+    tensors = {f"t.{str(d).removeprefix('torch.')}": sample(d, (4, 3)) for d in ALL_DTYPES}
+    tensors["scalar"] = torch.tensor(1.5)
+    tensors["empty"] = torch.empty(0, 2)
+    tensors["alias"] = tensors["t.float32"]
+    litcore.save(tensors, tmp / "x.lit")
+    out = subprocess.run([str(cpp_tests / "store_check"), str(tmp / "x.lit")], capture_output=True, text=True, check=True).stdout
+    lines = [line.split() for line in out.strip().splitlines()]
+    with litcore.Store(tmp / "x.lit") as store:
+        assert [line[0] for line in lines] == store.keys()
+        for name, _, shape, stored, computed in lines:
+            info = store.info(name)
+            assert shape == "[" + ",".join(map(str, info.shape)) + "]"
+            assert int(stored) == int(computed) == info.checksum
+            t = tensors[name]
+            assert info.checksum == xxhash.xxh64_intdigest(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def test_cpp_format_error(tmp, cpp_tests):
+    (tmp / "bad.lit").write_bytes(b"LITCORE\0" + b"\0" * 5000)
+    r = subprocess.run([str(cpp_tests / "store_check"), str(tmp / "bad.lit")], capture_output=True, text=True)
+    assert r.returncode == 3 and "bad.lit" in r.stderr and "FormatError" in r.stderr

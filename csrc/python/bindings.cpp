@@ -125,6 +125,44 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("temp_path", &Writer::temp_path)
       .def_property_readonly("file_size", &Writer::file_size);
 
+  py::class_<Prefetcher>(m, "Prefetcher")
+      .def(py::init([](const Store& store, const std::vector<std::vector<std::pair<uint64_t, uint64_t>>>& groups,
+                       uint64_t window_bytes, int threads, const std::string& read_mode) {
+             std::vector<std::vector<ByteRange>> ranges;
+             ranges.reserve(groups.size());
+             for (const auto& g : groups) {
+               std::vector<ByteRange> out;
+               for (const auto& [off, len] : g) out.push_back({off, len});
+               ranges.push_back(std::move(out));
+             }
+             Prefetcher::Options opts;
+             opts.window_bytes = window_bytes;
+             opts.threads = threads;
+             if (read_mode == "pread") opts.read_mode = ReadMode::Pread;
+             else if (read_mode != "populate") throw std::invalid_argument("read_mode must be 'populate' or 'pread'");
+             return std::make_unique<Prefetcher>(store.mapping(), std::move(ranges), opts);
+           }),
+           py::arg("store"), py::arg("groups"), py::arg("window_bytes"), py::arg("threads") = 1,
+           py::arg("read_mode") = "populate")
+      .def("set_order", &Prefetcher::set_order, py::call_guard<py::gil_scoped_release>())
+      .def("wait", &Prefetcher::wait, py::call_guard<py::gil_scoped_release>())
+      .def("done", &Prefetcher::done, py::call_guard<py::gil_scoped_release>())
+      .def("release_all", &Prefetcher::release_all, py::call_guard<py::gil_scoped_release>())
+      .def("group_bytes", &Prefetcher::group_bytes)
+      .def("reset_stats", &Prefetcher::reset_stats)
+      .def("stats", [](const Prefetcher& p) {
+        PrefetchStats s = p.stats();
+        py::dict d;
+        d["bytes_read"] = s.bytes_read;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        d["mispredicts"] = s.mispredicts;
+        d["wait_seconds"] = s.wait_seconds;
+        d["in_flight_bytes"] = s.in_flight_bytes;
+        d["peak_in_flight_bytes"] = s.peak_in_flight_bytes;
+        return d;
+      });
+
   m.def("xxh64", [](py::buffer b) {
     py::buffer_info info = b.request();
     py::gil_scoped_release nogil;

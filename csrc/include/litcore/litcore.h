@@ -7,6 +7,7 @@
 #include "litcore/errors.h"
 #include "litcore/format.h"
 #include "litcore/mapping.h"
+#include "litcore/prefetcher.h"
 #include "litcore/script_store.h"
 #include "litcore/store.h"
 #include "litcore/version.h"

@@ -1,0 +1,96 @@
+// The streaming scheduler: brings groups of byte ranges (one module's weights) into memory
+// on native threads, ahead of use, in a recorded cyclic order, within a byte window; and
+// drops them from memory and page cache right after use.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "litcore/mapping.h"
+
+namespace litcore {
+
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+struct PrefetchStats {
+  uint64_t bytes_read = 0;    // bytes brought in for streamed groups
+  uint64_t hits = 0;          // wait() found the group already in memory
+  uint64_t misses = 0;        // wait() had to wait for, or do, the read
+  uint64_t mispredicts = 0;   // wait() for a group other than the predicted next one
+  double wait_seconds = 0;    // time wait() blocked the caller
+  uint64_t in_flight_bytes = 0;
+  uint64_t peak_in_flight_bytes = 0;
+};
+
+enum class ReadMode {
+  Populate,  // madvise(MADV_POPULATE_READ) on the mapping, after fadvise(WILLNEED)
+  Pread,     // large preads into a scratch buffer fill the page cache, then populate
+};
+
+class Prefetcher {
+ public:
+  struct Options {
+    uint64_t window_bytes = 0;  // streamed bytes allowed in memory at once (loaded or loading)
+    int threads = 1;
+    ReadMode read_mode = ReadMode::Populate;
+  };
+
+  // `groups[i]` are the byte ranges of group i in the mapping.
+  Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> groups, Options options);
+  ~Prefetcher();
+  Prefetcher(const Prefetcher&) = delete;
+  Prefetcher& operator=(const Prefetcher&) = delete;
+
+  // The cyclic order in which streamed groups are expected (repeats allowed). Groups that
+  // never appear are resident: wait()/done() ignore them. Releases what the old order had.
+  void set_order(const std::vector<int>& order);
+  // Blocks until `group` is in memory. A group other than the predicted one is read at
+  // once (a wrong guess costs time, never correctness: the mapping is always valid).
+  void wait(int group);
+  // The caller is done with `group`: a streamed group is dropped from memory.
+  void done(int group);
+  // Drops every streamed group not in use (e.g. between runs).
+  void release_all();
+
+  PrefetchStats stats() const;
+  void reset_stats();
+  uint64_t group_bytes(int group) const;
+
+ private:
+  enum class State { Idle, Loading, Ready };
+
+  void worker_loop();
+  void load(int group);
+  void release_locked(int group);
+  void check_group(int group) const;
+
+  std::shared_ptr<Mapping> mapping_;
+  std::vector<std::vector<ByteRange>> groups_;
+  std::vector<uint64_t> bytes_;
+  Options options_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::condition_variable ready_cv_;
+  std::vector<State> state_;
+  std::vector<int> in_use_;
+  std::vector<bool> streamed_;
+  std::vector<int> order_;
+  size_t expected_ = 0;  // position in order_ of the next wait()
+  size_t cursor_ = 0;    // next position the workers will consider
+  size_t ahead_ = 0;     // positions between expected_ and cursor_
+  uint64_t in_flight_ = 0;
+  bool stop_ = false;
+  PrefetchStats stats_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace litcore

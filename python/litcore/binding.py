@@ -1,0 +1,157 @@
+"""Binding a model built under empty_init() to a store: every parameter and persistent
+buffer becomes a zero-copy view of the file; ties are kept; mismatches are reported."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from litcore.store import Store
+
+__all__ = ["WeightsMismatchError", "ModuleSlot", "Binding", "bind"]
+
+
+class WeightsMismatchError(RuntimeError):
+    """The model and the weight file disagree (missing, unexpected or mismatched tensors)."""
+
+    def __init__(self, message: str, missing: List[str], unexpected: List[str], mismatched: List[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+
+
+@dataclass
+class ModuleSlot:
+    """The tensors one module owns directly (its own parameters and buffers)."""
+
+    name: str
+    module: nn.Module
+    file_keys: List[str] = field(default_factory=list)  # stored tensors bound here
+    has_buffers: bool = False
+    shares_tensors: bool = False  # a tensor also owned by another module (a tie)
+
+
+@dataclass
+class Binding:
+    slots: List[ModuleSlot]
+    bound_bytes: int
+    missing: List[str]
+    unexpected: List[str]
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "int"
+
+
+def _describe(names: List[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
+    """Points every parameter and persistent buffer of `model` at `store`'s tensors.
+
+    Floating-point dtypes follow the file (a bf16 file makes a bf16 model, whatever dtype
+    the builder used); a float/int/bool kind mismatch or a shape mismatch is an error.
+    """
+    # Who owns what: (module, attribute) for every name, grouped by tensor identity (ties).
+    owners: Dict[int, List[Tuple[str, nn.Module, str, bool]]] = {}
+    tensors: Dict[int, torch.Tensor] = {}
+    slots: Dict[int, ModuleSlot] = {}
+    non_persistent: set = set()
+    for prefix, mod in model.named_modules(remove_duplicate=False):
+        slot = slots.setdefault(id(mod), ModuleSlot(prefix, mod))
+        for attr, value in list(mod._parameters.items()) + list(mod._buffers.items()):
+            if value is None:
+                continue
+            key = f"{prefix}.{attr}" if prefix else attr
+            is_param = attr in mod._parameters
+            if not is_param and attr in mod._non_persistent_buffers_set:
+                non_persistent.add(key)
+                continue
+            owners.setdefault(id(value), []).append((key, mod, attr, is_param))
+            tensors[id(value)] = value
+
+    file_keys = set(store.keys())
+    used_keys: set = set()
+    missing: List[str] = []
+    mismatched: List[str] = []
+    bound: List[Tuple[List[Tuple[str, nn.Module, str, bool]], str]] = []
+    for tid, names in owners.items():
+        current = tensors[tid]
+        present = [k for k, *_ in names if k in file_keys]
+        if not present:
+            missing.extend(k for k, *_ in names)
+            continue
+        used_keys.update(present)
+        key = present[0]
+        info = store.info(key)
+        if tuple(current.shape) != info.shape:
+            mismatched.append(f"{key}: model has shape {list(current.shape)}, file has {list(info.shape)}")
+            continue
+        if _kind(current.dtype) != _kind(info.dtype):
+            mismatched.append(f"{key}: model has dtype {current.dtype}, file has {info.dtype}")
+            continue
+        bound.append((names, key))
+
+    unexpected = sorted(k for k in file_keys - used_keys if k not in non_persistent)
+    problems = []
+    if missing:
+        problems.append(f"missing from the file: {_describe(sorted(missing))}")
+    if unexpected:
+        problems.append(f"not in the model: {_describe(unexpected)}")
+    if mismatched:
+        problems.append(f"mismatched: {_describe(mismatched)}")
+    if problems and (strict or mismatched):
+        raise WeightsMismatchError(f"litcore: '{store.path}' does not match the model; " + "; ".join(problems),
+                                   sorted(missing), unexpected, mismatched)
+    if problems:
+        warnings.warn(f"litcore: '{store.path}' does not match the model; " + "; ".join(problems)
+                      + (". Missing parameters are zero-filled." if missing else ""), stacklevel=3)
+
+    stored_keys = set()
+    for names, key in bound:
+        value = store[key]
+        info = store.info(key)
+        stored_keys.add(info.alias_of or key)
+        is_param = names[0][3]
+        new = nn.Parameter(value, requires_grad=False) if is_param else value
+        owning = {id(mod) for _, mod, _, _ in names}
+        for _, mod, attr, _ in names:
+            if attr in mod._parameters:
+                mod._parameters[attr] = new if is_param else nn.Parameter(value, requires_grad=False)
+            else:
+                mod._buffers[attr] = value
+            slot = slots[id(mod)]
+            slot.file_keys.append(info.alias_of or key)
+            slot.has_buffers |= attr in mod._buffers
+            slot.shares_tensors |= len(owning) > 1
+    bound_bytes = sum(store.info(k).nbytes for k in stored_keys)
+    # Whatever is still on the meta device (missing, non-strict) gets zeros, never garbage.
+    for tid, names in owners.items():
+        current = tensors[tid]
+        if current.device.type == "meta" and any(k in missing for k, *_ in names):
+            filler = torch.zeros(current.shape, dtype=current.dtype)
+            for _, mod, attr, is_param in names:
+                if is_param:
+                    mod._parameters[attr] = nn.Parameter(filler, requires_grad=False)
+                else:
+                    mod._buffers[attr] = filler
+    # Non-persistent buffers a model left on meta (it built them from a meta parameter) would
+    # compute garbage: refuse them by name.
+    leftovers = [f"{p}.{n}" if p else n for p, m in model.named_modules() for n, b in m.named_buffers(recurse=False)
+                 if b is not None and b.device.type == "meta"]
+    if leftovers:
+        raise WeightsMismatchError(f"litcore: buffers left without values (computed from weights at construction): "
+                                   f"{_describe(leftovers)}", leftovers, [], [])
+    for slot in slots.values():
+        slot.file_keys = list(dict.fromkeys(slot.file_keys))
+    return Binding([s for s in slots.values() if s.file_keys], bound_bytes, sorted(missing), unexpected)

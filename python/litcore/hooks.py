@@ -1,0 +1,69 @@
+"""Forward hooks that bring a module's weights in before it runs and drop them after,
+through the native prefetcher; and the pass recorder that learns the execution order."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from litcore._native import _C
+
+
+class PassRecorder:
+    """Records which streamed units run, in order, during each forward of the root module,
+    and hands the order to `on_order` when it differs from the one in use."""
+
+    def __init__(self, prefetcher: "_C.Prefetcher", on_pass: Callable[[List[int], float], None]) -> None:
+        self.prefetcher = prefetcher
+        self.on_pass = on_pass
+        self.order: List[int] = []
+        self.depth = 0
+        self.started = 0.0
+
+    def begin(self) -> None:
+        if self.depth == 0:
+            self.order = []
+            self.started = time.perf_counter()
+        self.depth += 1
+
+    def end(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.on_pass(self.order, time.perf_counter() - self.started)
+
+
+def install(root: nn.Module, units: Dict[int, nn.Module], prefetcher: "_C.Prefetcher",
+            recorder: PassRecorder) -> List[RemovableHandle]:
+    """Hooks every unit's module (weights in before, out after) and the root (pass bounds).
+
+    The hooks hold the prefetcher and recorder, never the LitModule, so dropping the
+    LitModule frees everything by reference counting alone.
+    """
+    handles: List[RemovableHandle] = []
+
+    def root_pre(module: nn.Module, args: tuple) -> None:
+        recorder.begin()
+
+    def root_post(module: nn.Module, args: tuple, output: object) -> None:
+        recorder.end()
+
+    handles.append(root.register_forward_pre_hook(root_pre, prepend=True))
+    for uid, module in units.items():
+        def pre(module: nn.Module, args: tuple, uid: int = uid) -> None:
+            recorder.order.append(uid)
+            prefetcher.wait(uid)
+
+        def post(module: nn.Module, args: tuple, output: object, uid: int = uid) -> None:
+            prefetcher.done(uid)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post, always_call=True))
+    handles.append(root.register_forward_hook(root_post, always_call=True))
+    return handles
+
+
+def remove(handles: Optional[List[RemovableHandle]]) -> None:
+    for h in handles or []:
+        h.remove()

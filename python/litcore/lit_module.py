@@ -1,0 +1,220 @@
+"""`LitModule`: a model whose weights live in a litcore file, brought in as it runs."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from litcore import hooks
+from litcore._native import _C
+from litcore.binding import Binding, bind
+from litcore.budget import Budget, resolve_budget
+from litcore.empty_init import empty_init
+from litcore.residency import Plan, Unit, make_plan
+from litcore.store import PathLike, Store
+
+__all__ = ["LitModule", "resolve_weights_path"]
+
+log = logging.getLogger("litcore")
+
+
+def resolve_weights_path(path: PathLike) -> str:
+    """A .lit file, or the directory prepare_params wrote (holding one .lit file)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".lit"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"litcore: expected one .lit file in directory '{path}', found {found or 'none'}")
+        return os.path.join(path, found[0])
+    return path
+
+
+def _merge_ranges(ranges: List[tuple]) -> List[tuple]:
+    out: List[list] = []
+    for off, length in sorted(ranges):
+        if length == 0:
+            continue
+        if out and off <= (out[-1][0] + out[-1][1] + 4095) // 4096 * 4096:
+            out[-1][1] = max(out[-1][1], off + length - out[-1][0])
+        else:
+            out.append([off, length])
+    return [tuple(r) for r in out]
+
+
+class LitModule:
+    """Runs `module` with its weights in a memory-mapped litcore file.
+
+    Within the memory budget every weight is a zero-copy view of the file and calls cost
+    nothing extra. Beyond it, a residency plan keeps some modules resident and streams the
+    rest: native threads read the next modules (in the execution order recorded on the
+    first forward) while the current one computes, and drop them right after use.
+    """
+
+    def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
+                 threads: int = 1, read_mode: str = "pread", verbose: bool = False) -> None:
+        self.module = module
+        self.store = store
+        self.verbose = verbose
+        self._binding = binding
+        self._handles: Optional[list] = None
+        self._prefetcher: Optional["_C.Prefetcher"] = None
+        self._passes: List[Dict[str, Any]] = []
+        self._budget = resolve_budget(memory_budget)
+        self._units, self._unit_keys, self._unit_modules = self._make_units(module, store, binding)
+        self._order = list(range(len(self._units)))  # registration order until a forward is seen
+        self._plan = make_plan(self._units, self._order, self._budget)
+        self._recorded = False
+        if self._plan.streams:
+            groups = [_merge_ranges([(store.info(k).offset, store.info(k).nbytes) for k in keys])
+                      for keys in self._unit_keys]
+            self._prefetcher = _C.Prefetcher(store.native, groups, self._plan.window_bytes, threads, read_mode)
+            self._prefetcher.set_order(self._plan.streamed_order)
+            recorder = hooks.PassRecorder(self._prefetcher, self._on_pass)
+            streamable = {i: self._unit_modules[i] for i, u in enumerate(self._units) if u.streamable}
+            self._handles = hooks.install(module, streamable, self._prefetcher, recorder)
+        else:
+            recorder = hooks.PassRecorder(None, self._on_pass)
+            self._handles = hooks.install(module, {}, None, recorder)
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
+                    memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
+                    read_mode: str = "pread", verbose: bool = False) -> "LitModule":
+        """Builds the model with `builder()` under empty_init(), binds it to the weights at
+        `path` (a .lit file or a prepare_params directory) and returns it ready to run."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            raise ValueError(f"litcore: device {device} is not supported by this build (only 'cpu')")
+        store = Store(resolve_weights_path(path))
+        with empty_init():
+            module = builder()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"litcore: the builder returned {type(module).__name__}, not an nn.Module")
+        module.eval()
+        binding = bind(module, store, strict=strict)
+        return cls(module, store, binding, memory_budget=memory_budget, threads=threads, read_mode=read_mode,
+                   verbose=verbose)
+
+    @staticmethod
+    def _make_units(root: nn.Module, store: Store, binding: Binding):
+        users: Dict[str, int] = {}
+        for slot in binding.slots:
+            for k in slot.file_keys:
+                users[k] = users.get(k, 0) + 1
+        units, keys, modules = [], [], []
+        for slot in binding.slots:
+            shared = slot.shares_tensors or any(users[k] > 1 for k in slot.file_keys)
+            leaf = next(iter(slot.module.children()), None) is None and slot.module is not root
+            nbytes = sum(store.info(k).nbytes for k in slot.file_keys)
+            units.append(Unit(slot.name or "<root>", nbytes, leaf and not slot.has_buffers and not shared))
+            keys.append(slot.file_keys)
+            modules.append(slot.module)
+        return units, keys, modules
+
+    # ---- running ------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode():
+            return self.module(*args, **kwargs)
+
+    forward = __call__
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names LitModule itself lacks: generate(), config, device...
+        if name.startswith("_") or name in ("module", "store"):
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    def _on_pass(self, order: List[int], seconds: float) -> None:
+        entry: Dict[str, Any] = {"forward_seconds": seconds}
+        if self._prefetcher is not None:
+            s = self._prefetcher.stats()
+            self._prefetcher.reset_stats()
+            entry.update(bytes_read=s["bytes_read"], prefetch_hits=s["hits"], prefetch_misses=s["misses"],
+                         mispredicts=s["mispredicts"], io_wait_seconds=s["wait_seconds"],
+                         peak_in_flight_bytes=s["peak_in_flight_bytes"])
+            if not self._recorded or s["mispredicts"]:
+                self._adopt_order(order)
+        else:
+            entry.update(bytes_read=0, prefetch_hits=0, prefetch_misses=0, mispredicts=0, io_wait_seconds=0.0,
+                         peak_in_flight_bytes=0)
+        entry["resident_bytes"] = self._plan.resident_bytes
+        self._passes.append(entry)
+        if self.verbose or log.isEnabledFor(logging.INFO):
+            msg = (f"litcore: forward {len(self._passes)}: {seconds:.3f} s, read {entry['bytes_read'] / 2**20:.0f} MiB, "
+                   f"waited {entry['io_wait_seconds']:.3f} s on IO, hits {entry['prefetch_hits']}/"
+                   f"{entry['prefetch_hits'] + entry['prefetch_misses']}, resident {self._plan.resident_bytes / 2**20:.0f} MiB")
+            if self.verbose:
+                print(msg, flush=True)
+            log.info(msg)
+
+    def _adopt_order(self, order: List[int]) -> None:
+        """Re-plans with the execution order just seen (first forward, or after the order
+        changed), so prefetch follows what the model really does."""
+        self._recorded = True
+        if not order:
+            return
+        old = self._plan
+        plan = make_plan(self._units, order, self._budget)
+        self._order = list(order)
+        if plan.resident == old.resident and plan.streamed_order == old.streamed_order:
+            return
+        self._plan = plan
+        self._prefetcher.set_order(plan.streamed_order)
+        newly_streamed = set(plan.streamed_order) - set(old.streamed_order)
+        if newly_streamed:
+            self.store.release([k for i in newly_streamed for k in self._unit_keys[i]])
+
+    # ---- introspection and lifetime -----------------------------------------------------
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    def stats(self) -> Dict[str, Any]:
+        """Per-forward IO figures: bytes read from storage, prefetch hits/misses, seconds
+        the forward waited on IO, resident bytes; `last` is the latest forward."""
+        total = {k: sum(p[k] for p in self._passes) for k in ("bytes_read", "prefetch_hits", "prefetch_misses",
+                                                              "mispredicts", "io_wait_seconds", "forward_seconds")}
+        return {
+            "forwards": len(self._passes),
+            "budget_bytes": self._budget,
+            "weight_bytes": self._plan.total_bytes,
+            "resident_bytes": self._plan.resident_bytes,
+            "streamed_bytes_per_forward": self._plan.streamed_bytes,
+            "window_bytes": self._plan.window_bytes,
+            "last": dict(self._passes[-1]) if self._passes else None,
+            "per_forward": [dict(p) for p in self._passes],
+            "total": total,
+        }
+
+    def close(self) -> None:
+        """Removes the hooks, stops the IO threads and unbinds the weights, so the file is
+        unmapped even while someone still holds `.module` (which becomes unusable)."""
+        hooks.remove(self._handles)
+        self._handles = None
+        self._prefetcher = None
+        for mod in self.module.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and p.device.type == "cpu":
+                    mod._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=False)
+            for name, b in list(mod._buffers.items()):
+                if b is not None and b.device.type == "cpu" and name not in mod._non_persistent_buffers_set:
+                    mod._buffers[name] = b.to("meta")
+        self.store.close()
+
+    def __enter__(self) -> "LitModule":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "streaming" if self._plan.streams else "resident"
+        return (f"LitModule({type(self.module).__name__}, '{self.store.path}', {mode}, "
+                f"resident {self._plan.resident_bytes / 2**20:.0f} of {self._plan.total_bytes / 2**20:.0f} MiB)")

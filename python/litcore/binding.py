@@ -84,7 +84,7 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
     used_keys: set = set()
     missing: List[str] = []
     mismatched: List[str] = []
-    bound: List[Tuple[List[Tuple[str, nn.Module, str, bool]], str]] = []
+    bound: List[Tuple[List[Tuple[str, nn.Module, str, bool]], str, bool]] = []
     for tid, names in owners.items():
         current = tensors[tid]
         present = [k for k, *_ in names if k in file_keys]
@@ -100,7 +100,7 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
         if _kind(current.dtype) != _kind(info.dtype):
             mismatched.append(f"{key}: model has dtype {current.dtype}, file has {info.dtype}")
             continue
-        bound.append((names, key))
+        bound.append((names, key, current.requires_grad))
 
     unexpected = sorted(k for k in file_keys - used_keys if k not in non_persistent)
     problems = []
@@ -118,16 +118,18 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
                       + (". Missing parameters are zero-filled." if missing else ""), stacklevel=3)
 
     stored_keys = set()
-    for names, key in bound:
+    # Parameters keep the builder's requires_grad: ATen's matmul picks its algorithm (fold
+    # to 2-D or not) by it, so changing it would change results in the last bits.
+    for names, key, requires_grad in bound:
         value = store[key]
         info = store.info(key)
         stored_keys.add(info.alias_of or key)
         is_param = names[0][3]
-        new = nn.Parameter(value, requires_grad=False) if is_param else value
+        new = nn.Parameter(value, requires_grad=requires_grad) if is_param else value
         owning = {id(mod) for _, mod, _, _ in names}
         for _, mod, attr, _ in names:
             if attr in mod._parameters:
-                mod._parameters[attr] = new if is_param else nn.Parameter(value, requires_grad=False)
+                mod._parameters[attr] = new if is_param else nn.Parameter(value, requires_grad=requires_grad)
             else:
                 mod._buffers[attr] = value
             slot = slots[id(mod)]
@@ -142,7 +144,7 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
             filler = torch.zeros(current.shape, dtype=current.dtype)
             for _, mod, attr, is_param in names:
                 if is_param:
-                    mod._parameters[attr] = nn.Parameter(filler, requires_grad=False)
+                    mod._parameters[attr] = nn.Parameter(filler, requires_grad=current.requires_grad)
                 else:
                     mod._buffers[attr] = filler
     # Non-persistent buffers a model left on meta (it built them from a meta parameter) would

@@ -3,6 +3,7 @@ through the native prefetcher; and the pass recorder that learns the execution o
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Callable, Dict, List, Optional
 
 from torch import nn
@@ -13,11 +14,12 @@ from litcore._native import _C
 
 class PassRecorder:
     """Records which streamed units run, in order, during each forward of the root module,
-    and hands the order to `on_order` when it differs from the one in use."""
+    and hands that order and the forward's duration to `on_pass`."""
 
-    def __init__(self, prefetcher: "_C.Prefetcher", on_pass: Callable[[List[int], float], None]) -> None:
-        self.prefetcher = prefetcher
-        self.on_pass = on_pass
+    def __init__(self, on_pass: Callable[[List[int], float], None]) -> None:
+        # A weak reference: the module holds the hooks, the hooks hold this recorder; a
+        # strong reference back to the LitModule would make a cycle that only gc frees.
+        self.on_pass = weakref.WeakMethod(on_pass)
         self.order: List[int] = []
         self.depth = 0
         self.started = 0.0
@@ -31,7 +33,9 @@ class PassRecorder:
     def end(self) -> None:
         self.depth -= 1
         if self.depth == 0:
-            self.on_pass(self.order, time.perf_counter() - self.started)
+            callback = self.on_pass()
+            if callback is not None:
+                callback(self.order, time.perf_counter() - self.started)
 
 
 def install(root: nn.Module, units: Dict[int, nn.Module], prefetcher: "_C.Prefetcher",

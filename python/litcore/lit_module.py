@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -13,7 +14,7 @@ from litcore._native import _C
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
-from litcore.residency import Plan, Unit, make_plan
+from litcore.residency import BudgetTooSmallError, Plan, Unit, make_plan
 from litcore.store import PathLike, Store
 
 __all__ = ["LitModule", "resolve_weights_path"]
@@ -67,16 +68,17 @@ class LitModule:
         self._order = list(range(len(self._units)))  # registration order until a forward is seen
         self._plan = make_plan(self._units, self._order, self._budget)
         self._recorded = False
+        self._ran: set = set()
         if self._plan.streams:
             groups = [_merge_ranges([(store.info(k).offset, store.info(k).nbytes) for k in keys])
                       for keys in self._unit_keys]
             self._prefetcher = _C.Prefetcher(store.native, groups, self._plan.window_bytes, threads, read_mode)
             self._prefetcher.set_order(self._plan.streamed_order)
-            recorder = hooks.PassRecorder(self._prefetcher, self._on_pass)
+            recorder = hooks.PassRecorder(self._on_pass)
             streamable = {i: self._unit_modules[i] for i, u in enumerate(self._units) if u.streamable}
             self._handles = hooks.install(module, streamable, self._prefetcher, recorder)
         else:
-            recorder = hooks.PassRecorder(None, self._on_pass)
+            recorder = hooks.PassRecorder(self._on_pass)
             self._handles = hooks.install(module, {}, None, recorder)
 
     # ---- construction -------------------------------------------------------------------
@@ -160,7 +162,12 @@ class LitModule:
         if not order:
             return
         old = self._plan
-        plan = make_plan(self._units, order, self._budget)
+        self._ran.update(order)
+        try:
+            plan = make_plan(self._units, order, self._budget, ran=self._ran)
+        except BudgetTooSmallError as exc:
+            warnings.warn(f"{exc}; keeping the plan made before the first forward", stacklevel=2)
+            return
         self._order = list(order)
         if plan.resident == old.resident and plan.streamed_order == old.streamed_order:
             return
@@ -202,7 +209,7 @@ class LitModule:
         for mod in self.module.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None and p.device.type == "cpu":
-                    mod._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=False)
+                    mod._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
             for name, b in list(mod._buffers.items()):
                 if b is not None and b.device.type == "cpu" and name not in mod._non_persistent_buffers_set:
                     mod._buffers[name] = b.to("meta")

@@ -9,7 +9,7 @@ that streaming IO can run ahead while resident modules compute.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Set
+from typing import List, Optional, Sequence, Set
 
 
 @dataclass(frozen=True)
@@ -41,26 +41,25 @@ class BudgetTooSmallError(ValueError):
 
 
 def _human(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
-def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, depth: int = 3) -> Plan:
+def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: Optional[Set[int]] = None,
+              depth: int = 3) -> Plan:
     """Plans residency for `units` run in `order` (unit indices; repeats allowed) under
-    `budget` bytes. `depth` is how many of the largest streamed modules fit the window."""
+    `budget` bytes. `ran` is every unit ever seen running (default: those in `order`).
+    The streaming window holds the largest module plus `depth - 1` typical ones, so reads
+    run ahead of compute."""
     total = sum(u.nbytes for u in units)
     everything = set(range(len(units)))
     if total <= budget:
         return Plan(everything, [], 0, total, 0, budget, total)
-    must = {i for i, u in enumerate(units) if not u.streamable}
+    # Units that never ran under their own hooks (their weights are used by a parent, or not
+    # at all) cannot be streamed on cue: they stay resident.
+    ran = set(order) | (ran or set())
+    must = {i for i, u in enumerate(units) if not u.streamable or i not in ran}
     must_bytes = sum(units[i].nbytes for i in must)
-    first_seen: Dict[int, None] = {}
-    for i in order:
-        if i not in must:
-            first_seen.setdefault(i, None)
-    for i in range(len(units)):  # units never seen running still need a place
-        if i not in must:
-            first_seen.setdefault(i, None)
-    candidates = list(first_seen)
+    candidates = list(dict.fromkeys([i for i in order if i not in must] + sorted(ran - must)))
     largest = max(candidates, key=lambda i: units[i].nbytes) if candidates else None
     largest_bytes = units[largest].nbytes if largest is not None else 0
     if must_bytes + largest_bytes > budget:
@@ -69,7 +68,10 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, depth
             f"litcore: memory budget {_human(budget)} is too small: {_human(must_bytes)} must stay resident "
             f"(buffers, shared and non-leaf weights) and {detail} while it runs; "
             f"at least {_human(must_bytes + largest_bytes)} is needed")
-    window = min(max(depth * largest_bytes, 64 << 20), budget - must_bytes)
+    # The window holds the module running now plus the next ones being read.
+    sizes = sorted(units[i].nbytes for i in candidates)
+    median = sizes[len(sizes) // 2] if sizes else 0
+    window = min(largest_bytes + (depth - 1) * median, budget - must_bytes)
     spare = budget - must_bytes - window
     streamable_total = sum(units[i].nbytes for i in candidates)
     resident = set(must)
@@ -83,8 +85,7 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, depth
             resident.add(i)
             credit -= size
             spare -= size
-    streamed_order = [i for i in order if i not in resident]
-    seen = set(streamed_order)
-    streamed_order += [i for i in candidates if i not in resident and i not in seen]
+    in_order = set(order)
+    streamed_order = [i for i in order if i not in resident] + [i for i in candidates if i not in resident and i not in in_order]
     resident_bytes = sum(units[i].nbytes for i in resident)
     return Plan(resident, streamed_order, window, resident_bytes, total - resident_bytes, budget, total)

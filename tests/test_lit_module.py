@@ -1,0 +1,233 @@
+"""LitModule on plain nn.Modules: bit-exact outputs, every budget, mismatches, lifetime."""
+import gc
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import litcore
+from models import Awkward, Block, awkward
+
+BUDGETS = [None, "30KB", "50KB"]  # resident, streaming (almost nothing resident), streaming + some resident
+
+
+@pytest.fixture
+def awkward_file(tmp):
+    ref = awkward()
+    litcore.save(ref.state_dict(), tmp / "awk.lit")
+    return ref, tmp / "awk.lit"
+
+
+def _ids(seed=0, n=12):
+    return torch.randint(0, 50, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_awkward_model_is_bit_exact(awkward_file, budget):
+    ref, path = awkward_file
+    lit = litcore.LitModule.from_params(path, Awkward, memory_budget=budget or "auto")
+    assert lit.plan.streams == (budget is not None)
+    for seed, n in [(0, 12), (1, 5), (2, 16), (0, 12)]:
+        with torch.no_grad():
+            want = ref(_ids(seed, n))
+        assert torch.equal(lit(_ids(seed, n)), want)
+    assert lit.module.head.weight is lit.module.embed.weight
+    assert torch.equal(lit.module.bn.running_mean, ref.bn.running_mean)
+    assert int(lit.module.bn.num_batches_tracked) == 7
+    stats = lit.stats()
+    assert stats["forwards"] == 4
+    if budget is not None:
+        assert stats["last"]["bytes_read"] > 0 and stats["streamed_bytes_per_forward"] > 0
+
+
+def test_streaming_after_warmup_prefetches(awkward_file):
+    ref, path = awkward_file
+    lit = litcore.LitModule.from_params(path, Awkward, memory_budget="30KB")
+    for _ in range(4):
+        lit(_ids())
+    last = lit.stats()["last"]
+    assert last["mispredicts"] == 0
+    assert last["bytes_read"] >= lit.plan.streamed_bytes * 0.9
+
+
+def test_data_dependent_order_stays_correct(tmp):
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(64, 64)
+            self.b = nn.Linear(64, 64)
+            self.c = nn.Linear(64, 64)
+
+        def forward(self, x, route):
+            for name in route:
+                x = getattr(self, name)(x)
+            return x
+
+    torch.manual_seed(0)
+    ref = Branchy().eval()
+    litcore.save(ref.state_dict(), tmp / "b.lit")
+    lit = litcore.LitModule.from_params(tmp / "b.lit", Branchy, memory_budget="20KB")
+    x = torch.randn(3, 64)
+    for route in ["abc", "cba", "aac", "b", "abcabc", "ca"]:
+        with torch.no_grad():
+            want = ref(x, route)
+        assert torch.equal(lit(x, route), want), route
+    assert lit.stats()["total"]["mispredicts"] > 0
+
+
+def test_exception_in_forward_leaves_it_usable(awkward_file):
+    ref, path = awkward_file
+    lit = litcore.LitModule.from_params(path, Awkward, memory_budget="30KB")
+    with pytest.raises(IndexError):
+        lit(torch.full((1, 3), 999))
+    with torch.no_grad():
+        assert torch.equal(lit(_ids()), ref(_ids()))
+
+
+def test_bf16_file_of_fp32_model(tmp):
+    def build():
+        return nn.Sequential(Block(32), Block(32))
+
+    torch.manual_seed(0)
+    ref = build().eval()
+    litcore.save(ref.state_dict(), tmp / "bf16.lit", dtype="bfloat16")
+    lit = litcore.LitModule.from_params(tmp / "bf16.lit", build)
+    assert lit.module[0].fc1.weight.dtype == torch.bfloat16  # the file's dtype wins
+    x = torch.randn(2, 5, 32).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(lit(x), ref.bfloat16()(x))
+
+
+def test_mixed_dtypes(tmp):
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8).to(torch.float16)
+            self.b = nn.Linear(8, 8).to(torch.bfloat16)
+            self.c = nn.Linear(8, 8).double()
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x.half()).bfloat16()).double())
+
+    torch.manual_seed(0)
+    ref = Mixed().eval()
+    litcore.save(ref.state_dict(), tmp / "mixed.lit")
+    lit = litcore.LitModule.from_params(tmp / "mixed.lit", Mixed)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(lit(x), ref(x))
+    assert lit.module.b.weight.dtype == torch.bfloat16
+
+
+def test_strict_mismatches_are_listed(tmp):
+    ref = awkward()
+    sd = ref.state_dict()
+    missing = {k: v for k, v in sd.items() if k != "gate.bias"}
+    litcore.save(missing, tmp / "missing.lit")
+    with pytest.raises(litcore.WeightsMismatchError, match=r"missing from the file: gate\.bias") as info:
+        litcore.LitModule.from_params(tmp / "missing.lit", Awkward)
+    assert info.value.missing == ["gate.bias"]
+
+    extra = dict(sd, **{"extra.weight": torch.ones(3)})
+    litcore.save(extra, tmp / "extra.lit")
+    with pytest.raises(litcore.WeightsMismatchError, match=r"not in the model: extra\.weight"):
+        litcore.LitModule.from_params(tmp / "extra.lit", Awkward)
+
+    wrong = dict(sd, **{"gate.weight": torch.ones(3, 3)})
+    litcore.save(wrong, tmp / "shape.lit")
+    with pytest.raises(litcore.WeightsMismatchError, match=r"gate\.weight: model has shape \[32, 32\], file has \[3, 3\]"):
+        litcore.LitModule.from_params(tmp / "shape.lit", Awkward)
+    with pytest.raises(litcore.WeightsMismatchError, match="shape"):  # shapes are never forgiven
+        litcore.LitModule.from_params(tmp / "shape.lit", Awkward, strict=False)
+
+    kind = dict(sd, **{"gate.weight": torch.ones(32, 32, dtype=torch.int32)})
+    litcore.save(kind, tmp / "kind.lit")
+    with pytest.raises(litcore.WeightsMismatchError, match=r"gate\.weight: model has dtype torch\.float32, file has torch\.int32"):
+        litcore.LitModule.from_params(tmp / "kind.lit", Awkward)
+
+
+def test_non_strict_warns_and_zero_fills(tmp):
+    sd = {k: v for k, v in awkward().state_dict().items() if k != "gate.bias"}
+    sd["extra"] = torch.ones(2)
+    litcore.save(sd, tmp / "m.lit")
+    with pytest.warns(UserWarning, match=r"gate\.bias.*extra"):
+        lit = litcore.LitModule.from_params(tmp / "m.lit", Awkward, strict=False)
+    assert torch.equal(lit.module.gate.bias, torch.zeros(32))
+    assert lit(_ids()).shape == (2, 12, 50)
+
+
+def test_non_persistent_buffers_in_the_file_are_ignored(tmp):
+    ref = awkward()
+    sd = dict(ref.state_dict(), inv_freq=torch.full((16,), 123.0))
+    litcore.save(sd, tmp / "np.lit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lit = litcore.LitModule.from_params(tmp / "np.lit", Awkward)
+    assert torch.equal(lit.module.inv_freq, ref.inv_freq)  # the computed value, not the file's
+
+
+def _maps(path):
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        return [line for line in f if line.rstrip().endswith(real)]
+
+
+def test_release_is_deterministic_and_instances_coexist(awkward_file):
+    ref, path = awkward_file
+    a = litcore.LitModule.from_params(path, Awkward)
+    b = litcore.LitModule.from_params(path, Awkward, memory_budget="30KB")
+    with torch.no_grad():
+        want = ref(_ids())
+    assert torch.equal(a(_ids()), want) and torch.equal(b(_ids()), want)
+    assert len(_maps(path)) == 2
+    del a
+    assert len(_maps(path)) == 1  # reference counting alone, no gc pass
+    del b
+    gc.collect()
+    assert _maps(path) == []
+
+
+def test_close_unmaps_even_if_module_is_held(awkward_file):
+    _, path = awkward_file
+    lit = litcore.LitModule.from_params(path, Awkward, memory_budget="30KB")
+    module = lit.module
+    lit(_ids())
+    lit.close()
+    gc.collect()
+    assert _maps(path) == []
+    assert module.embed.weight.is_meta
+
+
+def test_builder_and_path_errors(tmp, awkward_file):
+    _, path = awkward_file
+    with pytest.raises(TypeError, match="not an nn.Module"):
+        litcore.LitModule.from_params(path, lambda: 42)
+    (tmp / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="one .lit file"):
+        litcore.LitModule.from_params(tmp / "empty", Awkward)
+    with pytest.raises(litcore.BudgetTooSmallError, match="too small.*module '.*'"):
+        litcore.LitModule.from_params(path, Awkward, memory_budget="1KB")
+    with pytest.raises(ValueError, match="memory_budget"):
+        litcore.LitModule.from_params(path, Awkward, memory_budget="lots")
+    with pytest.raises(ValueError, match="device"):
+        litcore.LitModule.from_params(path, Awkward, device="cuda")
+    assert nn.Linear(2, 2).weight.device.type == "cpu"  # hijack undone after failures
+
+
+def test_top_level_parameter_only_model(tmp):
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return x @ self.w
+
+    torch.manual_seed(0)
+    ref = Tiny()
+    litcore.save(ref.state_dict(), tmp / "t.lit")
+    lit = litcore.LitModule.from_params(tmp / "t.lit", Tiny)
+    x = torch.randn(2, 4)
+    assert torch.equal(lit(x), ref(x).detach())

@@ -1,0 +1,77 @@
+"""Llama-shaped (and BERT-shaped) transformers model directories with seeded random weights,
+for examples, the demo, tests and benchmarks on machines that cannot download models."""
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Dict
+
+import torch
+
+__all__ = ["LLAMA_SIZES", "llama_config", "bert_config", "make_model_dir"]
+
+# name -> LlamaConfig arguments. "1b" is the 1.1B shape of shared/anchors.md.
+LLAMA_SIZES: Dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=512),
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=4, vocab_size=32000),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+               num_key_value_heads=4, vocab_size=32000),
+}
+
+
+def llama_config(size: str = "tiny", **overrides):
+    from transformers import LlamaConfig
+
+    if size not in LLAMA_SIZES:
+        raise ValueError(f"size must be one of {', '.join(LLAMA_SIZES)}, got {size!r}")
+    args = dict(LLAMA_SIZES[size], max_position_embeddings=2048, architectures=["LlamaForCausalLM"])
+    args.update(overrides)
+    return LlamaConfig(**args)
+
+
+def bert_config(**overrides):
+    from transformers import BertConfig
+
+    args = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=1000,
+                architectures=["BertModel"])
+    args.update(overrides)
+    return BertConfig(**args)
+
+
+def _seeded_tensor(name: str, shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    if name.endswith("norm.weight") or "LayerNorm.weight" in name or name.endswith("ln_f.weight"):
+        return torch.ones(shape, dtype=dtype)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=dtype)
+    return (torch.randn(shape, generator=g) * 0.02).to(dtype)
+
+
+def make_model_dir(path: str, config, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> str:
+    """Writes `config` and seeded weights as a transformers model directory
+    (config.json + model.safetensors), tensor by tensor; returns `path`."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    from litcore.empty_init import empty_init
+    from litcore.hf import model_class_for
+
+    os.makedirs(path, exist_ok=True)
+    cls = model_class_for(config) if getattr(config, "architectures", None) else AutoModel
+    with empty_init():
+        skeleton = cls(config)
+    persistent = skeleton.state_dict(keep_vars=True)
+    tensors = {}
+    seen = {}
+    for name, t in persistent.items():
+        if id(t) in seen:  # tied weights are saved once, as transformers does
+            continue
+        seen[id(t)] = name
+        target = dtype if t.dtype.is_floating_point else t.dtype
+        tensors[name] = t.detach().clone() if t.device.type != "meta" else _seeded_tensor(name, t.shape, target, seed)
+    config.torch_dtype = dtype
+    config.save_pretrained(path)
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    return path

@@ -2,8 +2,8 @@
 
 "auto" is what this process may still use: the smaller of the cgroup's limit (v2
 `memory.max`, v1 `memory.limit_in_bytes`) minus what the process already holds, and the
-system's `MemAvailable`; minus a margin of max(256 MiB, 15%) for the interpreter,
-activations and allocator slack. Page cache counts against cgroup limits, which is why
+system's `MemAvailable`; minus a margin of max(96 MiB, 10%) for activations and allocator
+slack. Page cache counts against cgroup limits, which is why
 litcore budgets mapped weight pages and drops streamed pages right after use.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def auto_budget() -> int:
     if not candidates:
         return _NO_LIMIT
     headroom = max(min(candidates), 0)
-    return max(headroom - max(256 << 20, int(headroom * 0.15)), 0)
+    return max(headroom - max(96 << 20, int(headroom * 0.10)), 0)
 
 
 def resolve_budget(value: Budget) -> int:

@@ -55,7 +55,7 @@ class LitModule:
     """
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
-                 threads: int = 1, read_mode: str = "pread", verbose: bool = False) -> None:
+                 threads: int = 1, read_mode: str = "populate", verbose: bool = False) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -86,7 +86,7 @@ class LitModule:
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
-                    read_mode: str = "pread", verbose: bool = False) -> "LitModule":
+                    read_mode: str = "populate", verbose: bool = False) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run."""
         device = torch.device(device)

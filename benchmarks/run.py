@@ -1,0 +1,163 @@
+"""The peer benchmark: litcore beside the model fully in memory, transformers' mmap model,
+accelerate's disk offload and PyTorch-LIT 0.1.7, each in its own process inside a cgroup v1
+memory limit that counts page cache, with the weight files evicted from page cache first.
+
+    python benchmarks/run.py                         # 1.1B Llama-shaped bf16 model, limits none/2400/1200 MB
+    python benchmarks/run.py --model small --limits none,600
+    python benchmarks/run.py --model tiny --systems litcore,in-memory --no-docs   # smoke test
+
+Writes a table to stdout, results.json and chart.png under --out, and docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import cgroup  # noqa: E402
+import report  # noqa: E402
+
+SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore"]
+PYTORCH_LIT_VERSION = "0.1.7"
+
+
+def parse_limit(text: str) -> Optional[int]:
+    return None if text in ("none", "0", "") else int(float(text) * 10**6)
+
+
+def prepare(model: str, cache: str) -> Dict[str, str]:
+    """The model directory (seeded bf16 weights), its litcore file and PyTorch-LIT's export."""
+    import litcore
+    from litcore import synthetic
+
+    model_dir = os.path.join(cache, f"llama-{model}")
+    if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        print(f"generating the {model} model in {model_dir} ...", flush=True)
+        synthetic.make_model_dir(model_dir, synthetic.llama_config(model))
+    lit = os.path.join(model_dir, "model.lit")
+    if not os.path.exists(lit):
+        litcore.from_pretrained(model_dir, progress=False)  # converts in the model's order
+    return {"model_dir": model_dir, "lit": lit, "pytorch_lit_dir": os.path.join(model_dir, "pytorch-lit-fp16"),
+            "offload": os.path.join(model_dir, "accelerate-offload")}
+
+
+def pytorch_lit_path(cache: str) -> Optional[str]:
+    """The original PyTorch-LIT, installed beside (never into) the environment: its package
+    name is the one litcore's compatibility layer uses."""
+    target = os.path.join(cache, "pytorch-lit")
+    if not os.path.exists(os.path.join(target, "pytorch_lit", "inference.py")):
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target,
+                            f"pytorch-lit=={PYTORCH_LIT_VERSION}"], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"PyTorch-LIT {PYTORCH_LIT_VERSION} could not be installed: {r.stderr.strip()[-300:]}")
+            return None
+    return target
+
+
+def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
+    if os.path.exists(os.path.join(paths["pytorch_lit_dir"], "meta.json")):
+        return
+    code = (f"import torch; from safetensors.torch import load_file; from pytorch_lit.export import prepare_params; "
+            f"sd = {{k: v.half() if v.is_floating_point() else v for k, v in load_file({os.path.join(paths['model_dir'], 'model.safetensors')!r}).items()}}; "
+            f"prepare_params(sd, {paths['pytorch_lit_dir']!r}, dtype='float16', progress=False)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=pl_path))
+
+
+def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
+            steady: int, new_tokens: int) -> Dict:
+    logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
+    cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--system", system, "--model-dir", paths["model_dir"],
+           "--lit", paths["lit"], "--pytorch-lit-dir", paths["pytorch_lit_dir"], "--offload", paths["offload"],
+           "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits]
+    env = dict(os.environ)
+    if system == "pytorch-lit":
+        env["PYTHONPATH"] = pl_path
+    cgroup.evict([paths["model_dir"]])
+    outcome = cgroup.run(cmd, limit, env=env)
+    row = {"system": system, "limit_mb": limit // 10**6 if limit else None, "peak_mb": outcome.peak_bytes / 10**6,
+           "peak_source": outcome.peak_source, "oom_killed": outcome.oom_killed, "returncode": outcome.returncode}
+    line = next((l for l in outcome.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line:
+        row.update(json.loads(line[len("RESULT "):]))
+        row["logits"] = logits
+    else:
+        row["error"] = "killed (out of memory)" if outcome.oom_killed else (outcome.stderr.strip().splitlines() or ["failed"])[-1][-200:]
+    return row
+
+
+def compare_exactness(rows: List[Dict]) -> None:
+    reference = next((r for r in rows if r["system"] == "in-memory" and "logits" in r), None)
+    ref = torch.load(reference["logits"]) if reference else None
+    for r in rows:
+        if "logits" not in r or ref is None:
+            r["bit_exact"] = None
+        elif r["system"] == "pytorch-lit":
+            r["bit_exact"] = None  # fp16 weights: not the same model
+        else:
+            r["bit_exact"] = bool(torch.equal(torch.load(r["logits"]), ref)) and r["tokens"] == reference["tokens"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="1b", choices=["tiny", "small", "1b"])
+    parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--cache", default=".cache/bench")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--docs", default="docs/benchmarks.md")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+
+    systems = args.systems.split(",")
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    os.makedirs(args.out, exist_ok=True)
+    if not cgroup.available():
+        print("NOTE: memory cgroups cannot be created here: limits are not applied, peak memory is the child's RSS.")
+    paths = prepare(args.model, args.cache)
+    pl_path = pytorch_lit_path(args.cache) if "pytorch-lit" in systems else None
+    if "pytorch-lit" in systems and pl_path is None:
+        systems.remove("pytorch-lit")
+    if pl_path:
+        export_pytorch_lit(paths, pl_path)
+    if "in-memory" in systems:  # the reference runs first in every limit
+        systems = ["in-memory"] + [s for s in systems if s != "in-memory"]
+
+    rows: List[Dict] = []
+    started = time.time()
+    for limit_text in args.limits.split(","):
+        limit = parse_limit(limit_text)
+        for system in systems:
+            row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens)
+            rows.append(row)
+            print(report.one_line(row), flush=True)
+    compare_exactness(rows)
+    meta = {"model": args.model, "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
+            "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "seconds": time.time() - started, "cpu": report.cpu_name(), "cgroups": cgroup.available()}
+    for r in rows:
+        r.pop("tokens", None)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    table = report.table(rows, meta)
+    print("\n" + table)
+    report.chart(rows, meta, os.path.join(args.out, "chart.png"))
+    if not args.no_docs:
+        report.write_docs(args.docs, table, meta)
+    print(f"\nwrote {os.path.join(args.out, 'results.json')} and chart.png" + ("" if args.no_docs else f", {args.docs}"))
+
+
+if __name__ == "__main__":
+    main()

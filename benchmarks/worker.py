@@ -1,0 +1,121 @@
+"""One benchmark run: load a model with one system, time it, print one JSON line.
+
+Run by benchmarks/run.py inside a memory cgroup; not meant to be run by hand (but can be).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _clone_to_ram(model):
+    import torch
+
+    for m in model.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+    return model
+
+
+def load(system: str, args):
+    import torch
+
+    if system == "litcore":
+        import litcore
+
+        return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto").module
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    if system == "in-memory":
+        return _clone_to_ram(LlamaForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).eval())
+    if system == "transformers-mmap":
+        return LlamaForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).eval()
+    if system == "accelerate":
+        return LlamaForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16, device_map="auto",
+                                                max_memory={"cpu": args.accelerate_cpu}, offload_folder=args.offload).eval()
+    if system == "pytorch-lit":
+        from pytorch_lit import LitModule  # the original, from PYTHONPATH
+
+        config = AutoConfig.from_pretrained(args.model_dir)
+        torch.set_default_dtype(torch.float16)  # PyTorch-LIT has no bf16: its file is fp16
+        lit = LitModule.from_params(args.pytorch_lit_dir, lambda: LlamaForCausalLM(config).eval(), device="cpu")
+        torch.set_default_dtype(torch.float32)
+        return _PytorchLitModel(lit)
+    raise ValueError(f"unknown system {system}")
+
+
+class _PytorchLitModel:
+    """PyTorch-LIT's LitModule with the two calls the benchmark makes."""
+
+    def __init__(self, lit):
+        self.lit = lit
+
+    def __call__(self, *a, **k):
+        return self.lit(*a, **k)
+
+    def generate(self, *a, **k):
+        import torch
+
+        with torch.no_grad():
+            return self.lit.module.generate(*a, **k)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--system", required=True)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--lit")
+    parser.add_argument("--pytorch-lit-dir")
+    parser.add_argument("--offload")
+    parser.add_argument("--accelerate-cpu", default="600MiB")
+    parser.add_argument("--budget")
+    parser.add_argument("--steady", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--logits-out")
+    args = parser.parse_args()
+
+    # Imports are excluded from "ready": load every module the systems use first.
+    import torch
+    from transformers import LlamaForCausalLM  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
+
+    if args.system == "litcore":
+        import litcore.hf  # noqa: F401
+    if args.system == "accelerate":
+        import accelerate  # noqa: F401
+    if args.system == "pytorch-lit":
+        import pytorch_lit  # noqa: F401
+    vocab = json.load(open(os.path.join(args.model_dir, "config.json")))["vocab_size"]
+    prefill = torch.randint(3, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
+    prompt = prefill[:, :8]
+
+    t0 = time.perf_counter()
+    model = load(args.system, args)
+    ready = time.perf_counter() - t0
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        logits = model(prefill).logits
+        first = time.perf_counter() - t0
+        steady = []
+        for _ in range(args.steady):
+            t0 = time.perf_counter()
+            model(prefill)
+            steady.append(time.perf_counter() - t0)
+    if args.logits_out:
+        torch.save(logits.float().clone(), args.logits_out)
+    t0 = time.perf_counter()
+    out = model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                         pad_token_id=0)
+    gen = time.perf_counter() - t0
+    result = {"ready_s": ready, "first_forward_s": first, "steady_forward_s": statistics.median(steady),
+              "generate_tok_s": (out.shape[1] - prompt.shape[1]) / gen, "tokens": out[0].tolist()}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

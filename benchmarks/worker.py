@@ -90,7 +90,8 @@ def main() -> None:
         import accelerate  # noqa: F401
     if args.system == "pytorch-lit":
         import pytorch_lit  # noqa: F401
-    vocab = json.load(open(os.path.join(args.model_dir, "config.json")))["vocab_size"]
+    with open(os.path.join(args.model_dir, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
     prefill = torch.randint(3, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
     prompt = prefill[:, :8]
 

@@ -1,4 +1,5 @@
 // litcore._C: the thin pybind11 layer over liblitcore. No logic lives here.
+#include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <sys/mman.h>
@@ -82,6 +83,7 @@ PYBIND11_MODULE(_C, m) {
         for (const auto& t : s.index().tensors) out.append(py::make_tuple(t.name, info_tuple(s, t)));
         return out;
       })
+      .def("byte_ranges", &Store::byte_ranges)
       .def("prefetch", &Store::prefetch, py::call_guard<py::gil_scoped_release>())
       .def("release", &Store::release, py::call_guard<py::gil_scoped_release>())
       .def("verify", &Store::verify, py::call_guard<py::gil_scoped_release>())
@@ -162,6 +164,26 @@ PYBIND11_MODULE(_C, m) {
         d["peak_in_flight_bytes"] = s.peak_in_flight_bytes;
         return d;
       });
+
+  static py::exception<BudgetTooSmallError> budget_error(m, "BudgetTooSmallError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const BudgetTooSmallError& e) {
+      py::set_error(budget_error, e.what());
+    }
+  });
+  m.def("make_plan", [](const std::vector<std::tuple<std::string, uint64_t, bool>>& units, const std::vector<int>& order,
+                        uint64_t budget, const std::set<int>& ran, int depth) {
+    std::vector<Unit> us;
+    for (const auto& [name, nbytes, streamable] : units) us.push_back({name, nbytes, streamable});
+    Plan p = make_plan(us, order, budget, ran, depth);
+    return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes, p.budget,
+                          p.total_bytes);
+  }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3);
+  m.def("auto_budget", &auto_budget);
+  m.def("cgroup_limit", &cgroup_limit);
+  m.def("current_rss", &current_rss);
 
   m.def("xxh64", [](py::buffer b) {
     py::buffer_info info = b.request();

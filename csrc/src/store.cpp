@@ -1,5 +1,7 @@
 #include "litcore/store.h"
 
+#include <algorithm>
+
 #include "litcore/aten_dtype.h"
 #include "litcore/checksum.h"
 #include "litcore/errors.h"
@@ -66,6 +68,25 @@ at::Tensor Store::get(const std::string& name) const {
   // The deleter owns a reference to the mapping: the tensor outlives the store.
   std::shared_ptr<Mapping> keep = m;
   return at::from_blob(m->addr() + t.offset, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> Store::byte_ranges(const std::vector<std::string>& names) const {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (const auto& n : names) {
+    const TensorInfo& t = info(n);
+    if (t.nbytes > 0) ranges.emplace_back(t.offset, t.nbytes);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<uint64_t, uint64_t>> merged;
+  for (const auto& [offset, length] : ranges) {
+    if (!merged.empty() && offset <= align_up(merged.back().first + merged.back().second)) {
+      uint64_t end = std::max(merged.back().first + merged.back().second, offset + length);
+      merged.back().second = end - merged.back().first;
+    } else {
+      merged.emplace_back(offset, length);
+    }
+  }
+  return merged;
 }
 
 void Store::prefetch(const std::vector<std::string>& names) const {

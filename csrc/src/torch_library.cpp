@@ -20,6 +20,17 @@ TORCH_LIBRARY(litcore, m) {
       .def("get", [](const Self& self, const std::string& name) { return self->store->get(name); })
       .def("prefetch", [](const Self& self, const std::vector<std::string>& names) { self->store->prefetch(names); })
       .def("release", [](const Self& self, const std::vector<std::string>& names) { self->store->release(names); })
+      .def("configure", [](const Self& self, const std::vector<std::vector<std::string>>& groups,
+                           const c10::List<bool>& streamable, int64_t budget_bytes) {
+        self->configure(groups, std::vector<bool>(streamable.begin(), streamable.end()), budget_bytes);
+      })
+      .def("enter", &ScriptStore::enter)
+      .def("exit", &ScriptStore::exit)
+      .def("streams", [](const Self& self) { return self->plan.streams(); })
+      .def("resident_bytes", [](const Self& self) { return static_cast<int64_t>(self->plan.resident_bytes); })
+      .def("bytes_read", [](const Self& self) {
+        return self->prefetcher ? static_cast<int64_t>(self->prefetcher->stats().bytes_read) : int64_t{0};
+      })
       .def_pickle(
           // Pickled by path: a saved TorchScript program reopens the file when loaded.
           [](const Self& self) -> std::string { return self->store->path(); },

@@ -8,15 +8,15 @@ litcore budgets mapped weight pages and drops streamed pages right after use.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Optional, Union
+
+from litcore._native import _C
 
 Budget = Union[None, int, float, str]
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_NO_LIMIT = 1 << 60
 
 
 def parse_size(value: Union[int, float, str], argument: str = "memory_budget") -> int:
@@ -37,67 +37,18 @@ def parse_size(value: Union[int, float, str], argument: str = "memory_budget") -
     return n
 
 
-def _read_int(path: str) -> Optional[int]:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    if text == "max":
-        return _NO_LIMIT
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
 def cgroup_limit() -> Optional[int]:
-    """This process's cgroup memory limit in bytes, or None when there is none."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    limits = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # cgroup v2
-            limits.append(_read_int(f"/sys/fs/cgroup{path}/memory.max"))
-        elif "memory" in controllers.split(","):
-            limits.append(_read_int(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
-    limits = [x for x in limits if x is not None and x < _NO_LIMIT]
-    return min(limits) if limits else None
-
-
-def mem_available() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    """This process's tightest cgroup memory limit (v1 or v2) in bytes, or None."""
+    return _C.cgroup_limit() or None
 
 
 def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return _C.current_rss()
 
 
 def auto_budget() -> int:
-    """The "auto" budget (see the module docstring)."""
-    candidates = []
-    limit = cgroup_limit()
-    if limit is not None:
-        candidates.append(limit - current_rss())
-    available = mem_available()
-    if available is not None:
-        candidates.append(available)
-    if not candidates:
-        return _NO_LIMIT
-    headroom = max(min(candidates), 0)
-    return max(headroom - max(96 << 20, int(headroom * 0.10)), 0)
+    """The "auto" budget (see the module docstring); computed natively, as C++ apps do."""
+    return _C.auto_budget()
 
 
 def resolve_budget(value: Budget) -> int:

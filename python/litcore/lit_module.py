@@ -33,18 +33,6 @@ def resolve_weights_path(path: PathLike) -> str:
     return path
 
 
-def _merge_ranges(ranges: List[tuple]) -> List[tuple]:
-    out: List[list] = []
-    for off, length in sorted(ranges):
-        if length == 0:
-            continue
-        if out and off <= (out[-1][0] + out[-1][1] + 4095) // 4096 * 4096:
-            out[-1][1] = max(out[-1][1], off + length - out[-1][0])
-        else:
-            out.append([off, length])
-    return [tuple(r) for r in out]
-
-
 class LitModule:
     """Runs `module` with its weights in a memory-mapped litcore file.
 
@@ -70,8 +58,7 @@ class LitModule:
         self._recorded = False
         self._ran: set = set()
         if self._plan.streams:
-            groups = [_merge_ranges([(store.info(k).offset, store.info(k).nbytes) for k in keys])
-                      for keys in self._unit_keys]
+            groups = [store.native.byte_ranges(keys) for keys in self._unit_keys]
             self._prefetcher = _C.Prefetcher(store.native, groups, self._plan.window_bytes, threads, read_mode)
             self._prefetcher.set_order(self._plan.streamed_order)
             recorder = hooks.PassRecorder(self._on_pass)

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,10 @@ class Store {
   // A CPU tensor whose memory is the file's mapping (no copy). It stays valid after the
   // store is closed or destroyed: each tensor holds a reference to the mapping.
   at::Tensor get(const std::string& name) const;
+
+  // The file byte ranges holding `names` (aliases resolved, each stored tensor once,
+  // neighbours merged), in file order.
+  std::vector<std::pair<uint64_t, uint64_t>> byte_ranges(const std::vector<std::string>& names) const;
 
   void prefetch(const std::vector<std::string>& names) const;
   void release(const std::vector<std::string>& names) const;

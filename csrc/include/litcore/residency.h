@@ -1,0 +1,51 @@
+// The residency plan: which modules' weights stay in memory and which stream from the file
+// each forward, within a memory budget. Shared by LitModule (Python) and TorchScript/C++.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace litcore {
+
+struct Unit {
+  std::string name;
+  uint64_t nbytes = 0;
+  bool streamable = false;  // leaf module, parameters only, no tensor shared with another module
+};
+
+struct Plan {
+  std::set<int> resident;
+  std::vector<int> streamed_order;  // cyclic execution order of streamed units (repeats kept)
+  uint64_t window_bytes = 0;
+  uint64_t resident_bytes = 0;
+  uint64_t streamed_bytes = 0;
+  uint64_t budget = 0;
+  uint64_t total_bytes = 0;
+  bool streams() const { return !streamed_order.empty(); }
+};
+
+// The budget cannot hold what must stay resident plus the largest streamed module.
+class BudgetTooSmallError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// Plans `units` run in `order` (unit indices, repeats allowed) under `budget` bytes.
+// Units that never ran (not in `order` nor `ran`) or are not streamable stay resident.
+// Plain LRU over a cyclic pass evicts exactly what is needed next; instead a fixed set stays
+// resident, spread evenly along the order so reads can run ahead while residents compute.
+// The window holds the largest streamed unit plus `depth - 1` typical ones.
+Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
+               const std::set<int>& ran = {}, int depth = 3);
+
+// "auto": the smaller of (cgroup memory limit - this process's RSS) and MemAvailable, minus
+// max(96 MiB, 10%) for activations and allocator slack. ~0 (no limit) when neither is known.
+uint64_t auto_budget();
+uint64_t current_rss();
+// The tightest memory limit of this process's cgroups (v1 or v2), or 0 when none.
+uint64_t cgroup_limit();
+
+}  // namespace litcore

@@ -70,3 +70,11 @@ def cpp_tests(tmp_path_factory):
     build = tmp_path_factory.mktemp("cpp-build")
     cmake_build(os.path.join(os.path.dirname(__file__), "cpp"), build)
     return build
+
+
+@pytest.fixture(scope="session")
+def cpp_app(tmp_path_factory):
+    """examples/cpp built once per session (run_model, plain_jit_load); returns the build dir."""
+    build = tmp_path_factory.mktemp("cpp-app")
+    cmake_build(os.path.join(os.path.dirname(__file__), "..", "examples", "cpp"), build)
+    return build

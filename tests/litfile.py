@@ -41,6 +41,7 @@ class RawFile:
     records: List[Record] = field(default_factory=list)
     metadata: List[Tuple[bytes, bytes]] = field(default_factory=list)
     data: bytes = b""  # everything from data_offset on
+    data_start: int = 0  # where the data really starts in the blob (data_offset may be edited)
 
 
 def parse(blob: bytes) -> RawFile:
@@ -60,6 +61,7 @@ def parse(blob: bytes) -> RawFile:
         v = blob[pos:pos + n]; pos += n
         f.metadata.append((k, v))
     f.data = blob[f.data_offset:]
+    f.data_start = f.data_offset
     return f
 
 
@@ -89,8 +91,8 @@ def build(f: RawFile, *, fix_counts: bool = True, fix_checksums: bool = True, in
     head += struct.pack("<Q", xxhash.xxh64_intdigest(bytes(head)))
     head += bytes(PAGE - len(head))
     body = bytearray(head) + idx
-    body += bytes(max(0, f.data_offset - len(body)))
-    return bytes(body[:f.data_offset]) + f.data
+    body += bytes(max(0, f.data_start - len(body)))
+    return bytes(body[:max(f.data_start, PAGE)]) + f.data
 
 
 def rebuild(blob: bytes, edit) -> bytes:

@@ -115,6 +115,44 @@ bool checked_nbytes(const std::vector<int64_t>& shape, size_t itemsize, uint64_t
   return !__builtin_mul_overflow(n, static_cast<uint64_t>(itemsize), out);
 }
 
+// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF): names and metadata
+// must decode in every binding.
+bool valid_utf8(const std::string& s) {
+  size_t i = 0, n = s.size();
+  while (i < n) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      unsigned char cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
 }  // namespace
 
 int64_t TensorInfo::numel() const {
@@ -204,6 +242,7 @@ FileIndex parse_file(const uint8_t* data, uint64_t size, const std::string& path
                      " is outside 1.." + std::to_string(kMaxNameBytes));
     }
     t.name = cur.read_string(name_len, "a tensor name");
+    if (!valid_utf8(t.name)) fail(path, "tensor #" + std::to_string(i) + ": name is not valid UTF-8");
     uint8_t code = cur.read<uint8_t>("a dtype");
     uint8_t ndim = cur.read<uint8_t>("a rank");
     uint16_t flags = cur.read<uint16_t>("tensor flags");
@@ -259,6 +298,7 @@ FileIndex parse_file(const uint8_t* data, uint64_t size, const std::string& path
     std::string key = cur.read_string(klen, "a metadata key");
     uint32_t vlen = cur.read<uint32_t>("a metadata value length");
     std::string value = cur.read_string(vlen, "a metadata value");
+    if (!valid_utf8(key) || !valid_utf8(value)) fail(path, "metadata entry #" + std::to_string(i) + " is not valid UTF-8");
     if (!index.metadata.emplace(std::move(key), std::move(value)).second) {
       fail(path, "metadata key appears twice");
     }

@@ -163,20 +163,23 @@ void Prefetcher::wait(int group) {
   expected_ = (pos + 1) % n;
   auto start = Clock::now();
   bool hit = state_[group] == State::Ready;
-  if (state_[group] == State::Idle) {
-    state_[group] = State::Loading;
-    in_flight_ += bytes_[group];
-    stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
-    lock.unlock();
-    load(group);
-    lock.lock();
-    state_[group] = State::Ready;
-    stats_.bytes_read += bytes_[group];
-    ready_cv_.notify_all();
-  } else {
-    ready_cv_.wait(lock, [&] { return stop_ || state_[group] == State::Ready; });
-  }
+  // Reserve the group first: a done() from another thread must not drop it under us.
   ++in_use_[group];
+  while (!stop_ && state_[group] != State::Ready) {
+    if (state_[group] == State::Idle) {
+      state_[group] = State::Loading;
+      in_flight_ += bytes_[group];
+      stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
+      lock.unlock();
+      load(group);
+      lock.lock();
+      state_[group] = State::Ready;
+      stats_.bytes_read += bytes_[group];
+      ready_cv_.notify_all();
+    } else {
+      ready_cv_.wait(lock);
+    }
+  }
   if (hit) {
     ++stats_.hits;
   } else {

@@ -7,7 +7,7 @@ DEPS    := $(VENV)/.deps-stamp
 BUILT   := $(VENV)/.build-stamp
 SOURCES := $(shell find csrc python cmake -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: setup build demo test test-fast bench fuzz asan clean
+.PHONY: setup build demo test bench fuzz asan clean
 
 setup: $(BUILT)
 
@@ -37,6 +37,33 @@ test: $(BUILT)
 
 bench: $(BUILT)
 	$(PY) benchmarks/run.py
+
+# The C++ core built with AddressSanitizer + UndefinedBehaviorSanitizer, installed beside
+# the normal build, running every test that touches C++ (memory-limit tests excluded: ASan's
+# shadow memory is not what they measure).
+ASAN_SITE := build/asan-site
+ASAN_TESTS := tests/test_format.py tests/test_store.py tests/test_malformed.py tests/test_fuzz.py \
+	tests/test_convert.py tests/test_cpp.py tests/test_safety.py tests/test_lit_module.py tests/test_jit.py \
+	tests/test_residency.py tests/test_transformers.py tests/test_pytorch_lit.py
+asan: $(DEPS)
+	$(PIP) install --quiet --no-build-isolation --no-deps --upgrade --target $(ASAN_SITE) . \
+		-Ccmake.define.LITCORE_SANITIZE=address,undefined -Cbuild-dir=build/asan
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0:detect_odr_violation=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(ASAN_SITE) \
+	$(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
+
+# libFuzzer on the header/index parser for FUZZ_SECONDS; crashes land in tests/fuzz_regressions.
+FUZZ_SECONDS ?= 60
+fuzz: $(BUILT)
+	@command -v clang++ >/dev/null || (apt-get update -qq && apt-get install -y -qq clang libclang-rt-14-dev)
+	mkdir -p build/fuzz/corpus
+	clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -Icsrc/include -Ibuild/fuzz \
+		csrc/fuzz/fuzz_parse.cpp csrc/src/format.cpp csrc/src/checksum.cpp csrc/src/dtype.cpp csrc/src/errors.cpp \
+		-o build/fuzz/fuzz_parse
+	$(PY) tests/fuzz_seeds.py build/fuzz/corpus
+	build/fuzz/fuzz_parse -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -timeout=5 \
+		-artifact_prefix=tests/fuzz_regressions/ build/fuzz/corpus
 
 clean:
 	rm -rf build dist $(VENV)

@@ -30,3 +30,11 @@ def test_cpp_format_error(tmp, cpp_tests):
     (tmp / "bad.lit").write_bytes(b"LITCORE\0" + b"\0" * 5000)
     r = subprocess.run([str(cpp_tests / "store_check"), str(tmp / "bad.lit")], capture_output=True, text=True)
     assert r.returncode == 3 and "bad.lit" in r.stderr and "FormatError" in r.stderr
+
+
+def test_cpp_threads_read_prefetch_and_release(tmp, cpp_tests):
+    g = torch.Generator().manual_seed(0)
+    litcore.save({f"t{i}": torch.randn(40_000, generator=g) for i in range(20)}, tmp / "c.lit")
+    r = subprocess.run([str(cpp_tests / "concurrency_check"), str(tmp / "c.lit")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "errors 0" in r.stdout, r.stdout + r.stderr

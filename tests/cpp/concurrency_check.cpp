@@ -1,0 +1,70 @@
+// Many threads reading one store while others prefetch and release, and a prefetcher driven
+// by several threads at once; every tensor's bytes must keep their checksum. Exit 0 = OK.
+#include <litcore/litcore.h>
+
+#include <atomic>
+#include <iostream>
+#include <random>
+#include <thread>
+#include <vector>
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::cerr << "usage: concurrency_check FILE.lit\n";
+    return 2;
+  }
+  litcore::Store store(argv[1]);
+  auto keys = store.keys();
+  std::atomic<int> errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      std::mt19937 rng(i);
+      for (int step = 0; step < 3000; ++step) {
+        const auto& k = keys[rng() % keys.size()];
+        at::Tensor t = store.get(k);
+        if (litcore::xxh64(t.data_ptr(), t.nbytes()) != store.info(k).checksum) ++errors;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    while (!stop) {
+      store.prefetch(keys);
+      store.release(keys);
+    }
+  });
+  std::vector<std::vector<litcore::ByteRange>> groups;
+  for (const auto& k : keys) {
+    std::vector<litcore::ByteRange> r;
+    for (const auto& [off, len] : store.byte_ranges({k})) r.push_back({off, len});
+    groups.push_back(r);
+  }
+  {
+    litcore::Prefetcher::Options options;
+    options.window_bytes = 1 << 20;
+    options.threads = 2;
+    litcore::Prefetcher prefetcher(store.mapping(), groups, options);
+    std::vector<int> order(groups.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+    prefetcher.set_order(order);
+    std::vector<std::thread> drivers;
+    for (int d = 0; d < 4; ++d) {
+      drivers.emplace_back([&, d] {
+        for (int step = 0; step < 500; ++step) {
+          int g = (step + d * 3) % static_cast<int>(groups.size());
+          prefetcher.wait(g);
+          at::Tensor t = store.get(keys[g]);
+          if (litcore::xxh64(t.data_ptr(), t.nbytes()) != store.info(keys[g]).checksum) ++errors;
+          prefetcher.done(g);
+        }
+      });
+    }
+    for (auto& t : drivers) t.join();
+  }
+  for (size_t i = 0; i + 1 < threads.size(); ++i) threads[i].join();
+  stop = true;
+  threads.back().join();
+  std::cout << "errors " << errors.load() << "\n";
+  return errors == 0 ? 0 : 1;
+}

@@ -63,3 +63,24 @@ def test_prepare_params_rejects_bad_dtype(tmp):
 
     with pytest.raises(ValueError, match="dtype"):
         prepare_params({"a": torch.ones(1)}, tmp / "m", dtype="int8")
+
+
+def test_original_positional_signatures(tmp):
+    from pytorch_lit import LitModule
+    from pytorch_lit.export import prepare_params
+
+    torch.manual_seed(0)
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).eval()
+
+    model = build()
+    prepare_params(model.state_dict(), str(tmp / "m"), "np-memmap", "float32", False)
+    lit = LitModule.from_params(str(tmp / "m"), build, None, "cpu")
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(lit(x), model(x))
+    with pytest.raises(RuntimeError, match="Unknown method"):
+        prepare_params(model.state_dict(), str(tmp / "n"), "hdf5")
+    with pytest.raises(ValueError, match="device"):
+        LitModule.from_params(str(tmp / "m"), build)  # PyTorch-LIT's default device is cuda

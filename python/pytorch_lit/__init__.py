@@ -5,7 +5,25 @@
     from pytorch_lit import LitModule
     model = LitModule.from_params(".models/my-model", lambda: MyModel(), device="cpu")
 """
-from litcore import LitModule
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+import litcore
 from pytorch_lit.export import prepare_params
+
+
+class LitModule(litcore.LitModule):
+    """litcore's LitModule with PyTorch-LIT's `from_params` signature."""
+
+    @classmethod
+    def from_params(cls, params_path: Any, model_closure: Callable[[], nn.Module], shared_memory_shape: Optional[Any] = None,
+                    device: str = "cuda", **options: Any) -> "LitModule":
+        """As in PyTorch-LIT. `shared_memory_shape` is accepted and unused: litcore needs no
+        shared parameter slot. `device` defaults to "cuda" as it did there."""
+        return super().from_params(params_path, model_closure, device=device, **options)
+
 
 __all__ = ["LitModule", "prepare_params"]

@@ -31,6 +31,7 @@ class ModuleSlot:
     name: str
     module: nn.Module
     file_keys: List[str] = field(default_factory=list)  # stored tensors bound here
+    bindings: List[Tuple[str, str, bool]] = field(default_factory=list)  # (attribute, file key, is_parameter)
     has_buffers: bool = False
     shares_tensors: bool = False  # a tensor also owned by another module (a tie)
 
@@ -134,6 +135,7 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
                 mod._buffers[attr] = value
             slot = slots[id(mod)]
             slot.file_keys.append(info.alias_of or key)
+            slot.bindings.append((attr, key, attr in mod._parameters))
             slot.has_buffers |= attr in mod._buffers
             slot.shares_tensors |= len(owning) > 1
     bound_bytes = sum(store.info(k).nbytes for k in stored_keys)

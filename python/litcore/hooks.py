@@ -9,7 +9,6 @@ from typing import Callable, Dict, List, Optional
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from litcore._native import _C
 
 
 class PassRecorder:
@@ -38,12 +37,12 @@ class PassRecorder:
                 callback(self.order, time.perf_counter() - self.started)
 
 
-def install(root: nn.Module, units: Dict[int, nn.Module], prefetcher: "_C.Prefetcher",
-            recorder: PassRecorder) -> List[RemovableHandle]:
+def install(root: nn.Module, units: Dict[int, nn.Module], streamer, recorder: PassRecorder) -> List[RemovableHandle]:
     """Hooks every unit's module (weights in before, out after) and the root (pass bounds).
 
-    The hooks hold the prefetcher and recorder, never the LitModule, so dropping the
-    LitModule frees everything by reference counting alone.
+    `streamer` has wait(unit) and done(unit): the native prefetcher on CPU, the CUDA
+    streamer on GPU. The hooks hold it and the recorder, never the LitModule, so dropping
+    the LitModule frees everything by reference counting alone.
     """
     handles: List[RemovableHandle] = []
 
@@ -57,10 +56,10 @@ def install(root: nn.Module, units: Dict[int, nn.Module], prefetcher: "_C.Prefet
     for uid, module in units.items():
         def pre(module: nn.Module, args: tuple, uid: int = uid) -> None:
             recorder.order.append(uid)
-            prefetcher.wait(uid)
+            streamer.wait(uid)
 
         def post(module: nn.Module, args: tuple, output: object, uid: int = uid) -> None:
-            prefetcher.done(uid)
+            streamer.done(uid)
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post, always_call=True))

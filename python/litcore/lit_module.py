@@ -43,42 +43,90 @@ class LitModule:
     """
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
-                 threads: int = 1, read_mode: str = "populate", verbose: bool = False) -> None:
+                 device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
+                 read_mode: str = "populate", verbose: bool = False) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
+        self.device = torch.device(device)
         self._binding = binding
         self._handles: Optional[list] = None
         self._prefetcher: Optional["_C.Prefetcher"] = None
+        self._cuda = None
         self._passes: List[Dict[str, Any]] = []
         self._budget = resolve_budget(memory_budget)
         self._units, self._unit_keys, self._unit_modules = self._make_units(module, store, binding)
         self._order = list(range(len(self._units)))  # registration order until a forward is seen
-        self._plan = make_plan(self._units, self._order, self._budget)
         self._recorded = False
         self._ran: set = set()
+        recorder = hooks.PassRecorder(self._on_pass)
+        if self.device.type == "cuda":
+            self._plan = self._setup_cuda(gpu_memory_budget, threads, read_mode)
+            streamed = {i: self._unit_modules[i] for i in set(self._plan.streamed_order)}
+            self._handles = hooks.install(module, streamed, self._cuda, recorder)
+            return
+        self._plan = make_plan(self._units, self._order, self._budget)
+        streamable = {}
         if self._plan.streams:
-            groups = [store.native.byte_ranges(keys) for keys in self._unit_keys]
-            self._prefetcher = _C.Prefetcher(store.native, groups, self._plan.window_bytes, threads, read_mode)
+            self._prefetcher = self._make_prefetcher(self._plan.window_bytes, threads, read_mode)
             self._prefetcher.set_order(self._plan.streamed_order)
-            recorder = hooks.PassRecorder(self._on_pass)
             streamable = {i: self._unit_modules[i] for i, u in enumerate(self._units) if u.streamable}
-            self._handles = hooks.install(module, streamable, self._prefetcher, recorder)
-        else:
-            recorder = hooks.PassRecorder(self._on_pass)
-            self._handles = hooks.install(module, {}, None, recorder)
+        self._handles = hooks.install(module, streamable, self._prefetcher, recorder)
+
+    def _make_prefetcher(self, window_bytes: int, threads: int, read_mode: str) -> "_C.Prefetcher":
+        groups = [self.store.native.byte_ranges(keys) for keys in self._unit_keys]
+        return _C.Prefetcher(self.store.native, groups, window_bytes, threads, read_mode)
+
+    def _setup_cuda(self, gpu_memory_budget: Budget, threads: int, read_mode: str) -> Plan:
+        """Weights that fit the GPU budget go to the device once; the rest stream through
+        pinned buffers and a copy stream (litcore.cuda_streaming)."""
+        if not torch.cuda.is_available():
+            raise ValueError(f"litcore: device {self.device} requested but CUDA is not available "
+                             f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+        from litcore import cuda_streaming
+
+        device = self.device if self.device.index is not None else torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        gpu_budget = (cuda_streaming.gpu_auto_budget(device) if gpu_memory_budget in (None, "auto")
+                      else resolve_budget(gpu_memory_budget))
+        plan = make_plan(self._units, self._order, gpu_budget)
+        bindings = {i: [(self._unit_modules[i], attr, key, is_param) for attr, key, is_param in slot.bindings]
+                    for i, slot in enumerate(self._binding.slots)}
+        resident = [b for i in sorted(plan.resident) for b in bindings[i]]
+        cuda_streaming.move_resident(resident, self.store, device)
+        self.store.release([k for i in plan.resident for k in self._unit_keys[i]])  # host copy no longer needed
+        for m in self.module.modules():  # computed buffers (not in the file) follow the model
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.device.type != "cuda":
+                    m._buffers[name] = b.to(device)
+        streamed = {i: bindings[i] for i in set(plan.streamed_order)}
+        host = None
+        if streamed:
+            largest = max(self._units[i].nbytes for i in streamed)
+            host = self._make_prefetcher(3 * largest, threads, read_mode)
+            host.set_order(plan.streamed_order)
+        self._prefetcher = host
+        self._cuda = cuda_streaming.CudaStreamer(device, self.store, streamed, plan.streamed_order, host_prefetcher=host)
+        return plan
 
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
-                    memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
-                    read_mode: str = "populate", verbose: bool = False) -> "LitModule":
+                    memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
+                    threads: int = 1, read_mode: str = "populate", verbose: bool = False) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
-        `path` (a .lit file or a prepare_params directory) and returns it ready to run."""
+        `path` (a .lit file or a prepare_params directory) and returns it ready to run.
+
+        `memory_budget` bounds host memory for weights; with `device="cuda"`,
+        `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
+        the GPU, and the rest streams through pinned buffers on a copy stream."""
         device = torch.device(device)
-        if device.type != "cpu":
-            raise ValueError(f"litcore: device {device} is not supported by this build (only 'cpu')")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"litcore: device {device} is not supported (use 'cpu' or 'cuda[:N]')")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"litcore: device {device} requested but CUDA is not available "
+                             f"(torch {torch.__version__}, cuda {torch.version.cuda})")
         store = Store(resolve_weights_path(path))
         with empty_init():
             module = builder()
@@ -86,8 +134,8 @@ class LitModule:
             raise TypeError(f"litcore: the builder returned {type(module).__name__}, not an nn.Module")
         module.eval()
         binding = bind(module, store, strict=strict)
-        return cls(module, store, binding, memory_budget=memory_budget, threads=threads, read_mode=read_mode,
-                   verbose=verbose)
+        return cls(module, store, binding, memory_budget=memory_budget, device=str(device),
+                   gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode, verbose=verbose)
 
     @staticmethod
     def _make_units(root: nn.Module, store: Store, binding: Binding):
@@ -148,6 +196,11 @@ class LitModule:
         self._recorded = True
         if not order:
             return
+        if self._cuda is not None:  # device residency stays; only the feed order follows
+            if order != self._cuda.order:
+                self._cuda.set_order(order)
+                self._prefetcher.set_order([i for i in order if i in self._cuda.units])
+            return
         old = self._plan
         self._ran.update(order)
         try:
@@ -192,13 +245,16 @@ class LitModule:
         unmapped even while someone still holds `.module` (which becomes unusable)."""
         hooks.remove(self._handles)
         self._handles = None
+        if self._cuda is not None:
+            self._cuda.close()
+            self._cuda = None
         self._prefetcher = None
         for mod in self.module.modules():
             for name, p in list(mod._parameters.items()):
-                if p is not None and p.device.type == "cpu":
+                if p is not None and p.device.type != "meta":
                     mod._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
             for name, b in list(mod._buffers.items()):
-                if b is not None and b.device.type == "cpu" and name not in mod._non_persistent_buffers_set:
+                if b is not None and b.device.type != "meta" and name not in mod._non_persistent_buffers_set:
                     mod._buffers[name] = b.to("meta")
         self.store.close()
 

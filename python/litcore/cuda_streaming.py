@@ -1,0 +1,200 @@
+"""Streaming weights from the file to a CUDA device.
+
+Weights that fit the GPU budget are copied to the device once. The others stream through a
+small ring of pinned host buffers: the native prefetcher brings a module's pages in from the
+file, a feeder thread copies them into a free pinned slot and issues the host-to-device copy
+on a dedicated copy stream, recording an event. The module's forward pre-hook only makes the
+compute stream wait on that event (no host synchronisation); its forward hook records a
+"done" event so the slot is reused only after the kernels that read it have run.
+
+Needs a CUDA build of torch; nothing here runs (or is imported) on CPU-only installs.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Deque, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from litcore.store import Store
+
+_ALIGN = 256  # device pointers aligned for every dtype and vectorised kernels
+
+Binding = Tuple[nn.Module, str, str, bool]  # module, attribute, file key, is_parameter
+
+
+def gpu_auto_budget(device: torch.device) -> int:
+    """Free device memory minus max(512 MiB, 10%) for activations and the allocator."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(free - max(512 << 20, free // 10), 0)
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _bind(bindings: Sequence[Binding], tensors: Sequence[torch.Tensor]) -> None:
+    for (module, attr, _, is_param), t in zip(bindings, tensors):
+        if is_param:
+            module._parameters[attr] = nn.Parameter(t, requires_grad=module._parameters[attr].requires_grad)
+        else:
+            module._buffers[attr] = t
+
+
+def move_resident(bindings: Sequence[Binding], store: Store, device: torch.device) -> int:
+    """Copies weights to the device for good; returns the bytes copied."""
+    copied: Dict[str, torch.Tensor] = {}
+    total = 0
+    for module, attr, key, is_param in bindings:
+        if key not in copied:
+            copied[key] = store[key].to(device)
+            total += copied[key].nbytes
+        _bind([(module, attr, key, is_param)], [copied[key]])
+    return total
+
+
+class CudaStreamer:
+    """The pinned ring, copy stream and events for streamed units (see the module doc)."""
+
+    def __init__(self, device: torch.device, store: Store, units: Dict[int, List[Binding]], order: Sequence[int],
+                 host_prefetcher=None, slots: int = 3) -> None:
+        self.device = device
+        self.store = store
+        self.units = units
+        self.host = host_prefetcher
+        self.layout: Dict[int, List[Tuple[int, int]]] = {}
+        slot_bytes = 0
+        for uid, bindings in units.items():
+            offset, layout = 0, []
+            for _, _, key, _ in bindings:
+                nbytes = store.info(key).nbytes
+                layout.append((offset, nbytes))
+                offset = _align(offset + nbytes)
+            self.layout[uid] = layout
+            slot_bytes = max(slot_bytes, offset)
+        self.pinned = [torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(slots)]
+        self.device_buffers = [torch.empty(slot_bytes, dtype=torch.uint8, device=device) for _ in range(slots)]
+        self.copied = [torch.cuda.Event() for _ in range(slots)]
+        self.released = [torch.cuda.Event() for _ in range(slots)]
+        self.copy_stream = torch.cuda.Stream(device)
+        self.cond = threading.Condition()
+        self.free: Deque[int] = collections.deque(range(slots))
+        self.ready: Deque[Tuple[int, int]] = collections.deque()  # (unit, slot) in feed order
+        self.in_use: Dict[int, int] = {}
+        self.filling: Optional[int] = None  # the unit the feeder is copying now
+        self.order: List[int] = []
+        self.stop = False
+        self.thread: Optional[threading.Thread] = None
+        self.stats = {"bytes_copied": 0, "hits": 0, "misses": 0}
+        self.set_order(order)
+
+    # ---- the feeder thread ----------------------------------------------------------
+
+    def set_order(self, order: Sequence[int]) -> None:
+        self._stop_thread()
+        with self.cond:
+            for _, slot in self.ready:
+                self.free.append(slot)
+            self.ready.clear()
+            self.order = [u for u in order if u in self.units]
+            self.stop = False
+        if self.order:
+            self.thread = threading.Thread(target=self._feed, name="litcore-cuda-feeder", daemon=True)
+            self.thread.start()
+
+    def _stop_thread(self) -> None:
+        if self.thread is not None:
+            with self.cond:
+                self.stop = True
+                self.cond.notify_all()
+            self.thread.join()
+            self.thread = None
+
+    def _fill(self, uid: int, slot: int) -> None:
+        if self.host is not None:
+            self.host.wait(uid)
+        self.copied[slot].synchronize()  # the previous copy out of this pinned buffer is done
+        pinned = self.pinned[slot]
+        end = 0
+        for (_, _, key, _), (offset, nbytes) in zip(self.units[uid], self.layout[uid]):
+            if nbytes:
+                pinned[offset:offset + nbytes].copy_(self.store[key].reshape(-1).view(torch.uint8))
+            end = offset + nbytes
+        if self.host is not None:
+            self.host.done(uid)
+        with torch.cuda.stream(self.copy_stream):
+            self.copy_stream.wait_event(self.released[slot])  # kernels reading this slot have run
+            self.device_buffers[slot][:end].copy_(pinned[:end], non_blocking=True)
+            self.copied[slot].record(self.copy_stream)
+        self.stats["bytes_copied"] += end
+
+    def _feed(self) -> None:
+        torch.cuda.set_device(self.device)
+        position = 0
+        while True:
+            with self.cond:
+                while not self.stop and not self.free:
+                    self.cond.wait()
+                if self.stop:
+                    return
+                slot = self.free.popleft()
+                uid = self.order[position % len(self.order)]
+                self.filling = uid
+            position += 1
+            self._fill(uid, slot)
+            with self.cond:
+                self.filling = None
+                self.ready.append((uid, slot))
+                self.cond.notify_all()
+
+    # ---- the hooks ----------------------------------------------------------------------
+
+    def wait(self, uid: int) -> None:
+        """Pre-hook: bind `uid`'s weights to its device slot once its copy is queued."""
+        if uid not in self.units:
+            return
+        slot = None
+        with self.cond:
+            while uid in self.order and not self.stop:
+                position = next((i for i, (u, _) in enumerate(self.ready) if u == uid), None)
+                if position is not None:
+                    # Entries fed for units that did not run (a wrong guess) give their slot back.
+                    for _ in range(position):
+                        self.free.append(self.ready.popleft()[1])
+                    slot = self.ready.popleft()[1]
+                    self.cond.notify_all()
+                    break
+                if not self.free and self.filling is None:
+                    break  # the feeder is blocked on slots holding other units: not coming soon
+                self.cond.wait(timeout=0.5)
+        if slot is None:  # not predicted: copy synchronously on the compute stream
+            self.stats["misses"] += 1
+            _bind(self.units[uid], [self.store[k].to(self.device) for _, _, k, _ in self.units[uid]])
+            return
+        self.stats["hits"] += 1
+        torch.cuda.current_stream(self.device).wait_event(self.copied[slot])
+        buffer = self.device_buffers[slot]
+        tensors = []
+        for (_, _, key, _), (offset, nbytes) in zip(self.units[uid], self.layout[uid]):
+            info = self.store.info(key)
+            tensors.append(buffer[offset:offset + nbytes].view(info.dtype).view(info.shape))
+        _bind(self.units[uid], tensors)
+        self.in_use[uid] = slot
+
+    def done(self, uid: int) -> None:
+        """Forward hook: the slot is free once the kernels queued so far have run."""
+        if uid not in self.units:
+            return
+        slot = self.in_use.pop(uid, None)
+        _bind(self.units[uid], [torch.empty(0, dtype=self.store.info(k).dtype, device=self.device)
+                                for _, _, k, _ in self.units[uid]])
+        if slot is not None:
+            self.released[slot].record(torch.cuda.current_stream(self.device))
+            with self.cond:
+                self.free.append(slot)
+                self.cond.notify_all()
+
+    def close(self) -> None:
+        self._stop_thread()

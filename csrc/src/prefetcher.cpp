@@ -103,6 +103,18 @@ void Prefetcher::load(int group) {
   }
 }
 
+void Prefetcher::load_unlocked(int group, std::unique_lock<std::mutex>& lock) {
+  state_[group] = State::Loading;
+  in_flight_ += bytes_[group];
+  stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
+  lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
+  load(group);
+  lock.lock();
+  state_[group] = State::Ready;
+  stats_.bytes_read += bytes_[group];
+  ready_cv_.notify_all();
+}
+
 void Prefetcher::release_locked(int group) {
   if (state_[group] == State::Ready) in_flight_ -= bytes_[group];
   state_[group] = State::Idle;
@@ -124,15 +136,7 @@ void Prefetcher::worker_loop() {
     cursor_ = (cursor_ + 1) % order_.size();
     ++ahead_;
     if (state_[g] != State::Idle) continue;  // already loaded for an earlier position
-    state_[g] = State::Loading;
-    in_flight_ += bytes_[g];
-    stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
-    lock.unlock();
-    load(g);
-    lock.lock();
-    state_[g] = State::Ready;
-    stats_.bytes_read += bytes_[g];
-    ready_cv_.notify_all();
+    load_unlocked(g, lock);
   }
 }
 
@@ -167,15 +171,7 @@ void Prefetcher::wait(int group) {
   ++in_use_[group];
   while (!stop_ && state_[group] != State::Ready) {
     if (state_[group] == State::Idle) {
-      state_[group] = State::Loading;
-      in_flight_ += bytes_[group];
-      stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
-      lock.unlock();
-      load(group);
-      lock.lock();
-      state_[group] = State::Ready;
-      stats_.bytes_read += bytes_[group];
-      ready_cv_.notify_all();
+      load_unlocked(group, lock);
     } else {
       ready_cv_.wait(lock);
     }

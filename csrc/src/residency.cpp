@@ -120,35 +120,62 @@ uint64_t current_rss() {
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-uint64_t cgroup_limit() {
+namespace {
+
+struct CgroupMemory {
+  uint64_t limit = 0;  // 0: no limit
+  uint64_t usage = 0;  // what the cgroup is charged now (page cache included)
+};
+
+// The tightest memory limit among this process's cgroups (v1 or v2), with its usage.
+CgroupMemory tightest_cgroup() {
   std::ifstream f("/proc/self/cgroup");
   std::string line;
-  uint64_t best = 0;
+  CgroupMemory best;
   while (std::getline(f, line)) {
     auto a = line.find(':');
     auto b = line.find(':', a + 1);
     if (a == std::string::npos || b == std::string::npos) continue;
     std::string controllers = line.substr(a + 1, b - a - 1);
     std::string path = line.substr(b + 1);
-    uint64_t limit = 0;
+    std::string dir;
+    std::string limit_file, usage_file;
     if (controllers.empty()) {
-      limit = read_limit("/sys/fs/cgroup" + path + "/memory.max");
+      dir = "/sys/fs/cgroup" + path;
+      limit_file = "/memory.max";
+      usage_file = "/memory.current";
     } else {
       std::stringstream ss(controllers);
       std::string c;
       while (std::getline(ss, c, ',')) {
-        if (c == "memory") limit = read_limit("/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes");
+        if (c == "memory") dir = "/sys/fs/cgroup/memory" + path;
       }
+      limit_file = "/memory.limit_in_bytes";
+      usage_file = "/memory.usage_in_bytes";
     }
-    if (limit && (!best || limit < best)) best = limit;
+    if (dir.empty()) continue;
+    uint64_t limit = read_limit(dir + limit_file);
+    if (limit && (!best.limit || limit < best.limit)) {
+      best.limit = limit;
+      best.usage = read_limit(dir + usage_file);
+    }
   }
   return best;
 }
 
+}  // namespace
+
+uint64_t cgroup_limit() { return tightest_cgroup().limit; }
+
 uint64_t auto_budget() {
   std::vector<int64_t> candidates;
-  uint64_t limit = cgroup_limit();
-  if (limit) candidates.push_back(static_cast<int64_t>(limit) - static_cast<int64_t>(current_rss()));
+  CgroupMemory cg = tightest_cgroup();
+  if (cg.limit) {
+    // What the cgroup is charged, not our RSS: shared libraries already cached elsewhere
+    // count in RSS but not against the limit. RSS is the fallback when usage is unreadable.
+    uint64_t used = cg.usage ? cg.usage : current_rss();
+    candidates.push_back(static_cast<int64_t>(cg.limit) - static_cast<int64_t>(used));
+  }
   std::ifstream f("/proc/meminfo");
   std::string key;
   uint64_t kb;
@@ -162,7 +189,7 @@ uint64_t auto_budget() {
   }
   if (candidates.empty()) return kNoLimit;
   int64_t headroom = std::max<int64_t>(*std::min_element(candidates.begin(), candidates.end()), 0);
-  int64_t margin = std::max<int64_t>(96ll << 20, headroom / 10);
+  int64_t margin = std::max<int64_t>(64ll << 20, headroom / 20);
   return static_cast<uint64_t>(std::max<int64_t>(headroom - margin, 0));
 }
 

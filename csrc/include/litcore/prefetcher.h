@@ -69,6 +69,8 @@ class Prefetcher {
 
   void worker_loop();
   void load(int group);
+  // Marks `group` Loading, reads it with `lock` released, marks it Ready.
+  void load_unlocked(int group, std::unique_lock<std::mutex>& lock);
   void release_locked(int group);
   void check_group(int group) const;
 

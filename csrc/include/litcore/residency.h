@@ -41,8 +41,9 @@ class BudgetTooSmallError : public std::invalid_argument {
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
                const std::set<int>& ran = {}, int depth = 3);
 
-// "auto": the smaller of (cgroup memory limit - this process's RSS) and MemAvailable, minus
-// max(96 MiB, 10%) for activations and allocator slack. ~0 (no limit) when neither is known.
+// "auto": the smaller of (cgroup memory limit - what the cgroup is charged now) and
+// MemAvailable, minus max(64 MiB, 5%) for activations and allocator slack; 2^60 (no limit)
+// when neither is known.
 uint64_t auto_budget();
 uint64_t current_rss();
 // The tightest memory limit of this process's cgroups (v1 or v2), or 0 when none.

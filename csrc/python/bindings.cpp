@@ -47,11 +47,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("FORMAT_VERSION") = kFormatVersion;
 
   static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  static py::exception<BudgetTooSmallError> budget_error(m, "BudgetTooSmallError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const FormatError& e) {
       py::set_error(format_error, e.what());
+    } catch (const BudgetTooSmallError& e) {
+      py::set_error(budget_error, e.what());
     } catch (const IOError& e) {
       // OSError(errno, message) picks the subclass (FileNotFoundError, PermissionError...).
       if (e.code() != 0) {
@@ -165,14 +168,6 @@ PYBIND11_MODULE(_C, m) {
         return d;
       });
 
-  static py::exception<BudgetTooSmallError> budget_error(m, "BudgetTooSmallError", PyExc_ValueError);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const BudgetTooSmallError& e) {
-      py::set_error(budget_error, e.what());
-    }
-  });
   m.def("make_plan", [](const std::vector<std::tuple<std::string, uint64_t, bool>>& units, const std::vector<int>& order,
                         uint64_t budget, const std::set<int>& ran, int depth) {
     std::vector<Unit> us;

@@ -87,6 +87,7 @@ Mapping::~Mapping() {
 const std::string& Mapping::path() const { return impl_->path; }
 uint8_t* Mapping::addr() const { return impl_->addr; }
 uint64_t Mapping::size() const { return impl_->size; }
+int Mapping::fd() const { return impl_->fd; }
 
 void Mapping::willneed(uint64_t offset, uint64_t length) const {
   uint8_t* start;

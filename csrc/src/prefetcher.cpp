@@ -1,6 +1,5 @@
 #include "litcore/prefetcher.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -86,15 +85,11 @@ void Prefetcher::load(int group) {
       // Large sequential reads fill the page cache at full device speed; the populate
       // below then only maps pages that are already there.
       static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kPreadChunk]);
-      int fd = ::open(mapping_->path().c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd >= 0) {
-        for (uint64_t done = 0; done < r.length;) {
-          size_t want = static_cast<size_t>(std::min(kPreadChunk, r.length - done));
-          ssize_t n = ::pread(fd, scratch.get(), want, static_cast<off_t>(r.offset + done));
-          if (n <= 0) break;  // the populate below reports nothing either: the mapping decides
-          done += static_cast<uint64_t>(n);
-        }
-        ::close(fd);
+      for (uint64_t done = 0; done < r.length;) {
+        size_t want = static_cast<size_t>(std::min(kPreadChunk, r.length - done));
+        ssize_t n = ::pread(mapping_->fd(), scratch.get(), want, static_cast<off_t>(r.offset + done));
+        if (n <= 0) break;  // the populate below reports nothing either: the mapping decides
+        done += static_cast<uint64_t>(n);
       }
     } else {
       mapping_->willneed(r.offset, r.length);

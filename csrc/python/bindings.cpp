@@ -178,7 +178,6 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3);
   m.def("auto_budget", &auto_budget);
   m.def("cgroup_limit", &cgroup_limit);
-  m.def("current_rss", &current_rss);
 
   m.def("xxh64", [](py::buffer b) {
     py::buffer_info info = b.request();

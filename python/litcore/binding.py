@@ -32,14 +32,15 @@ class ModuleSlot:
     module: nn.Module
     file_keys: List[str] = field(default_factory=list)  # stored tensors bound here
     bindings: List[Tuple[str, str, bool]] = field(default_factory=list)  # (attribute, file key, is_parameter)
-    has_buffers: bool = False
-    shares_tensors: bool = False  # a tensor also owned by another module (a tie)
+
+    @property
+    def has_buffers(self) -> bool:
+        return any(not is_param for _, _, is_param in self.bindings)
 
 
 @dataclass
 class Binding:
     slots: List[ModuleSlot]
-    bound_bytes: int
     missing: List[str]
     unexpected: List[str]
 
@@ -118,16 +119,13 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
         warnings.warn(f"litcore: '{store.path}' does not match the model; " + "; ".join(problems)
                       + (". Missing parameters are zero-filled." if missing else ""), stacklevel=3)
 
-    stored_keys = set()
     # Parameters keep the builder's requires_grad: ATen's matmul picks its algorithm (fold
     # to 2-D or not) by it, so changing it would change results in the last bits.
     for names, key, requires_grad in bound:
         value = store[key]
         info = store.info(key)
-        stored_keys.add(info.alias_of or key)
         is_param = names[0][3]
         new = nn.Parameter(value, requires_grad=requires_grad) if is_param else value
-        owning = {id(mod) for _, mod, _, _ in names}
         for _, mod, attr, _ in names:
             if attr in mod._parameters:
                 mod._parameters[attr] = new if is_param else nn.Parameter(value, requires_grad=requires_grad)
@@ -136,9 +134,6 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
             slot = slots[id(mod)]
             slot.file_keys.append(info.alias_of or key)
             slot.bindings.append((attr, key, attr in mod._parameters))
-            slot.has_buffers |= attr in mod._buffers
-            slot.shares_tensors |= len(owning) > 1
-    bound_bytes = sum(store.info(k).nbytes for k in stored_keys)
     # Whatever is still on the meta device (missing, non-strict) gets zeros, never garbage.
     for tid, names in owners.items():
         current = tensors[tid]
@@ -158,4 +153,4 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
                                    f"{_describe(leftovers)}", leftovers, [], [])
     for slot in slots.values():
         slot.file_keys = list(dict.fromkeys(slot.file_keys))
-    return Binding([s for s in slots.values() if s.file_keys], bound_bytes, sorted(missing), unexpected)
+    return Binding([s for s in slots.values() if s.file_keys], sorted(missing), unexpected)

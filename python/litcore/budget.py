@@ -42,10 +42,6 @@ def cgroup_limit() -> Optional[int]:
     return _C.cgroup_limit() or None
 
 
-def current_rss() -> int:
-    return _C.current_rss()
-
-
 def auto_budget() -> int:
     """The "auto" budget (see the module docstring); computed natively, as C++ apps do."""
     return _C.auto_budget()

@@ -72,7 +72,7 @@ class _SafetensorsFile:
             numel = 1
             for d in shape:
                 numel *= d
-            nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+            nbytes = numel * dtype.itemsize
             if min(shape, default=0) < 0 or end - begin != nbytes or begin < 0 or base + end > size:
                 raise FormatError(f"litcore: '{path}': tensor '{name}': byte range [{begin}, {end}) does not fit "
                                   f"{e['dtype']} {list(shape)} or the file")
@@ -89,7 +89,7 @@ def _safetensors_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tu
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         fds.append(fd)
         for name, (src_dtype, shape, offset, nbytes) in st.entries.items():
-            final = dtypes.cast(torch.empty(0, dtype=src_dtype), dtype).dtype
+            final = dtypes.converted(src_dtype, dtype)
             if final == src_dtype:
                 def produce(w: "_C.Writer", i: int, fd: int = fd, offset: int = offset, nbytes: int = nbytes, path: str = path) -> None:
                     w.copy_from_fd(i, fd, offset, nbytes, path)

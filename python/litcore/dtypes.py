@@ -53,8 +53,12 @@ def from_name(name: str) -> torch.dtype:
     return _BY_NAME[name]
 
 
+def converted(src: torch.dtype, dtype: Optional[torch.dtype]) -> torch.dtype:
+    """The dtype a tensor of dtype `src` is stored as when saving with `dtype=`."""
+    return dtype if dtype is not None and src in CONVERTIBLE else src
+
+
 def cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
     """Casts floating-point tensors to `dtype`; everything else is returned unchanged."""
-    if dtype is not None and tensor.dtype in CONVERTIBLE and tensor.dtype != dtype:
-        return tensor.to(dtype)
-    return tensor
+    target = converted(tensor.dtype, dtype)
+    return tensor if target == tensor.dtype else tensor.to(target)

@@ -157,7 +157,7 @@ class LitModule:
                 users[k] = users.get(k, 0) + 1
         units, keys, modules = [], [], []
         for slot in binding.slots:
-            shared = slot.shares_tensors or any(users[k] > 1 for k in slot.file_keys)
+            shared = any(users[k] > 1 for k in slot.file_keys)  # tied: several modules bind one stored tensor
             leaf = next(iter(slot.module.children()), None) is None and slot.module is not root
             nbytes = sum(store.info(k).nbytes for k in slot.file_keys)
             units.append(Unit(slot.name or "<root>", nbytes, leaf and not slot.has_buffers and not shared))

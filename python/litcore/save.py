@@ -34,7 +34,7 @@ class TensorPlan:
 
     @property
     def nbytes(self) -> int:
-        n = torch.tensor([], dtype=self.dtype).element_size()
+        n = self.dtype.itemsize
         for d in self.shape:
             n *= d
         return n
@@ -98,7 +98,7 @@ def plan_tensors(tensors: Iterable[Tuple[str, torch.Tensor]], dtype: Optional[to
             target = plans[seen[key]]
             plans.append(TensorPlan(name, target.dtype, target.shape, alias_of=seen[key]))
             continue
-        final = dtypes.cast(torch.empty(0, dtype=t.dtype), dtype).dtype
+        final = dtypes.converted(t.dtype, dtype)
         dtypes.name_of(t.dtype)  # refuse unsupported dtypes before writing anything
         if final != t.dtype:
             original[name] = dtypes.name_of(t.dtype)

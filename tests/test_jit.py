@@ -105,7 +105,20 @@ def test_traced_transformers_llama(tmp):
     model = _tiny_llama()
     ids = ids_input((2, 12), 256)
     traced = torch.jit.trace(model, ids, strict=False)
-    _roundtrip(tmp, traced, ids)
+    want = _roundtrip(tmp, traced, ids)
+    program = torch.jit.load(tmp / "m.pt")
+    lookups = [names for names, flag in zip(program._litcore_groups, program._litcore_on_demand) if flag]
+    assert lookups == [["model.embed_tokens.weight"]]  # read by row: never read ahead
+    # programs saved before the flags existed pass none: the plan then reads embeddings ahead
+    store = torch.classes.litcore.Store(str(tmp / "m.lit"))
+    program._litcore_store = store
+    for sub in program.modules():
+        if hasattr(sub, "_litcore_store"):
+            sub._c.setattr("_litcore_store", store)
+    store.configure(program._litcore_groups, program._litcore_streamable, [], os.path.getsize(tmp / "m.lit") // 3)
+    with torch.no_grad():
+        assert torch.equal(_main(program(ids)), _main(want))
+    assert store.streams() and store.bytes_read() > 0
 
 
 def test_tracing_a_lit_module(tmp):

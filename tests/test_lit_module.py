@@ -52,6 +52,34 @@ def test_streaming_after_warmup_prefetches(awkward_file):
     assert last["bytes_read"] >= lit.plan.streamed_bytes * 0.9
 
 
+def test_embeddings_are_read_by_lookup_not_ahead(tmp):
+    from pagecache import cached_bytes
+
+    class Embedded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(40_000, 64)  # 10 MB: far over the budget
+            self.layers = nn.Sequential(*[nn.Linear(64, 64) for _ in range(6)])
+
+        def forward(self, ids):
+            return self.layers(self.embed(ids))
+
+    torch.manual_seed(0)
+    ref = Embedded().eval()
+    litcore.save(ref.state_dict(), tmp / "e.lit")
+    ids = torch.tensor([[5, 17_000, 39_999]])
+    lit = litcore.LitModule.from_params(tmp / "e.lit", Embedded, memory_budget="60KB")
+    embed = lit._unit_modules.index(lit.module.embed)
+    assert embed in lit.plan.streamed_order and embed not in lit.plan.resident
+    assert lit.plan.streamed_bytes < 6 * 17_000  # the embedding is not read ahead per forward
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(lit(ids), ref(ids))
+    assert lit.stats()["last"]["bytes_read"] <= lit.plan.streamed_bytes
+    # its touched rows were dropped after use: no megabytes of read-around stay cached
+    assert cached_bytes(str(tmp / "e.lit")) < 1 << 20
+
+
 def test_data_dependent_order_stays_correct(tmp):
     class Branchy(nn.Module):
         def __init__(self):
@@ -168,10 +196,18 @@ def test_non_persistent_buffers_in_the_file_are_ignored(tmp):
     assert torch.equal(lit.module.inv_freq, ref.inv_freq)  # the computed value, not the file's
 
 
-def _maps(path):
+def _vmas(path):
     real = os.path.realpath(path)
     with open("/proc/self/maps") as f:
-        return [line for line in f if line.rstrip().endswith(real)]
+        return [line.split() for line in f if line.rstrip().endswith(real)]
+
+
+def _maps(path):
+    """This process's mappings of `path`, one per mmap however madvise split it into VMAs
+    (a mapping's later VMAs start at non-zero file offsets); [] only when no VMA is left."""
+    vmas = _vmas(path)
+    starts = [v for v in vmas if int(v[2], 16) == 0]
+    return starts if starts or not vmas else vmas
 
 
 def test_release_is_deterministic_and_instances_coexist(awkward_file):

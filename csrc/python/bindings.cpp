@@ -132,7 +132,8 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Prefetcher>(m, "Prefetcher")
       .def(py::init([](const Store& store, const std::vector<std::vector<std::pair<uint64_t, uint64_t>>>& groups,
-                       uint64_t window_bytes, int threads, const std::string& read_mode) {
+                       uint64_t window_bytes, int threads, const std::string& read_mode,
+                       const std::vector<bool>& on_demand, bool keep) {
              std::vector<std::vector<ByteRange>> ranges;
              ranges.reserve(groups.size());
              for (const auto& g : groups) {
@@ -143,12 +144,14 @@ PYBIND11_MODULE(_C, m) {
              Prefetcher::Options opts;
              opts.window_bytes = window_bytes;
              opts.threads = threads;
+             opts.on_demand = on_demand;
+             opts.keep = keep;
              if (read_mode == "pread") opts.read_mode = ReadMode::Pread;
              else if (read_mode != "populate") throw std::invalid_argument("read_mode must be 'populate' or 'pread'");
              return std::make_unique<Prefetcher>(store.mapping(), std::move(ranges), opts);
            }),
            py::arg("store"), py::arg("groups"), py::arg("window_bytes"), py::arg("threads") = 1,
-           py::arg("read_mode") = "populate")
+           py::arg("read_mode") = "pread", py::arg("on_demand") = std::vector<bool>{}, py::arg("keep") = false)
       .def("set_order", &Prefetcher::set_order, py::call_guard<py::gil_scoped_release>())
       .def("wait", &Prefetcher::wait, py::call_guard<py::gil_scoped_release>())
       .def("done", &Prefetcher::done, py::call_guard<py::gil_scoped_release>())
@@ -168,10 +171,10 @@ PYBIND11_MODULE(_C, m) {
         return d;
       });
 
-  m.def("make_plan", [](const std::vector<std::tuple<std::string, uint64_t, bool>>& units, const std::vector<int>& order,
-                        uint64_t budget, const std::set<int>& ran, int depth) {
+  m.def("make_plan", [](const std::vector<std::tuple<std::string, uint64_t, bool, bool>>& units,
+                        const std::vector<int>& order, uint64_t budget, const std::set<int>& ran, int depth) {
     std::vector<Unit> us;
-    for (const auto& [name, nbytes, streamable] : units) us.push_back({name, nbytes, streamable});
+    for (const auto& [name, nbytes, streamable, on_demand] : units) us.push_back({name, nbytes, streamable, on_demand});
     Plan p = make_plan(us, order, budget, ran, depth);
     return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes, p.budget,
                           p.total_bytes);

@@ -27,7 +27,11 @@ torch::jit::Module load_module(const std::string& model_path, const std::string&
   }
   std::vector<bool> streamable;
   for (bool b : module.attr("_litcore_streamable").toBoolList()) streamable.push_back(b);
-  store->configure(groups, streamable, options.memory_budget);
+  std::vector<bool> on_demand;  // absent in programs saved before litcore knew lookups
+  if (module.hasattr("_litcore_on_demand")) {
+    for (bool b : module.attr("_litcore_on_demand").toBoolList()) on_demand.push_back(b);
+  }
+  store->configure(groups, streamable, on_demand, options.memory_budget);
   return module;
 }
 

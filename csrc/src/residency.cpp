@@ -37,6 +37,56 @@ uint64_t read_limit(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// One way to fill the budget: `forced` (some of the largest units) resident, the window
+// sized for the largest unit left streaming, then a prefix and a suffix of `candidates`.
+struct Fill {
+  std::set<int> resident;
+  uint64_t window = 0;
+  uint64_t resident_bytes = 0;
+};
+
+Fill fill(const std::vector<Unit>& units, const std::vector<int>& candidates, const std::set<int>& forced,
+          uint64_t room, int depth) {
+  Fill f;
+  std::vector<uint64_t> sizes;
+  uint64_t largest = 0;
+  for (int i : candidates) {
+    if (forced.count(i)) continue;
+    sizes.push_back(units[i].nbytes);
+    largest = std::max(largest, units[i].nbytes);
+  }
+  for (int i : forced) f.resident_bytes += units[i].nbytes;
+  f.resident = forced;
+  std::sort(sizes.begin(), sizes.end());
+  uint64_t median = sizes.empty() ? 0 : sizes[sizes.size() / 2];
+  // Two of the largest: the reader can fetch the next one while the current one computes.
+  uint64_t window = std::max(2 * largest, largest + static_cast<uint64_t>(std::max(depth - 1, 0)) * median);
+  f.window = std::min(window, room - f.resident_bytes);
+  uint64_t spare = room - f.resident_bytes - f.window;
+  size_t head = 0;
+  for (; head < candidates.size(); ++head) {
+    int i = candidates[head];
+    if (forced.count(i)) continue;
+    if (units[i].nbytes > spare) break;
+    f.resident.insert(i);
+    f.resident_bytes += units[i].nbytes;
+    spare -= units[i].nbytes;
+  }
+  for (size_t k = candidates.size(); k > head + 1; --k) {
+    int i = candidates[k - 1];
+    if (forced.count(i)) continue;
+    if (units[i].nbytes > spare) break;
+    f.resident.insert(i);
+    f.resident_bytes += units[i].nbytes;
+    spare -= units[i].nbytes;
+  }
+  return f;
+}
+
+}  // namespace
+
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
                const std::set<int>& ran_before, int depth) {
   Plan plan;
@@ -61,55 +111,53 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
       must_bytes += units[i].nbytes;
     }
   }
+  // Candidates for residency, in execution order; on-demand units always stream (by fault).
   std::vector<int> candidates;
   std::set<int> seen;
   for (int i : order) {
-    if (!must.count(i) && seen.insert(i).second) candidates.push_back(i);
+    if (!must.count(i) && seen.insert(i).second && !units[i].on_demand) candidates.push_back(i);
   }
   for (int i : ran) {
-    if (!must.count(i) && seen.insert(i).second) candidates.push_back(i);
+    if (!must.count(i) && seen.insert(i).second && !units[i].on_demand) candidates.push_back(i);
   }
-  int largest = -1;
-  for (int i : candidates) {
-    if (largest < 0 || units[i].nbytes > units[largest].nbytes) largest = i;
-  }
-  uint64_t largest_bytes = largest >= 0 ? units[largest].nbytes : 0;
+  std::vector<int> by_size = candidates;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](int a, int b) { return units[a].nbytes > units[b].nbytes; });
+  uint64_t largest_bytes = by_size.empty() ? 0 : units[by_size[0]].nbytes;
   if (must_bytes + largest_bytes > budget) {
-    std::string detail = largest >= 0 ? "module '" + units[largest].name + "' needs " + human(largest_bytes) : "";
+    std::string detail = by_size.empty() ? "" : "module '" + units[by_size[0]].name + "' needs " + human(largest_bytes);
     throw BudgetTooSmallError("litcore: memory budget " + human(budget) + " is too small: " + human(must_bytes) +
                               " must stay resident (buffers, shared and non-leaf weights) and " + detail +
                               " while it runs; at least " + human(must_bytes + largest_bytes) + " is needed");
   }
-  std::vector<uint64_t> sizes;
-  for (int i : candidates) sizes.push_back(units[i].nbytes);
-  std::sort(sizes.begin(), sizes.end());
-  uint64_t median = sizes.empty() ? 0 : sizes[sizes.size() / 2];
-  plan.window_bytes = std::min(largest_bytes + static_cast<uint64_t>(std::max(depth - 1, 0)) * median, budget - must_bytes);
-  uint64_t spare = budget - must_bytes - plan.window_bytes;
-  uint64_t streamable_total = 0;
-  for (int i : candidates) streamable_total += units[i].nbytes;
-  plan.resident = must;
-  // Spread the spare budget evenly along the execution order (error diffusion).
-  double fraction = streamable_total ? static_cast<double>(spare) / static_cast<double>(streamable_total) : 0.0;
-  double credit = 0.0;
-  for (int i : candidates) {
-    uint64_t size = units[i].nbytes;
-    credit += fraction * static_cast<double>(size);
-    if (static_cast<double>(size) <= credit && size <= spare) {
-      plan.resident.insert(i);
-      credit -= static_cast<double>(size);
-      spare -= size;
-    }
+  // A single very large unit (an LM head) would size the window for everyone: try keeping
+  // the largest few resident instead, and take whichever fill streams the fewest bytes.
+  uint64_t room = budget - must_bytes;
+  Fill best = fill(units, candidates, {}, room, depth);
+  std::set<int> forced;
+  uint64_t forced_bytes = 0;
+  for (size_t k = 0; k < std::min<size_t>(3, by_size.size()); ++k) {
+    forced.insert(by_size[k]);
+    forced_bytes += units[by_size[k]].nbytes;
+    uint64_t next = k + 1 < by_size.size() ? units[by_size[k + 1]].nbytes : 0;
+    if (next == units[by_size[k]].nbytes) continue;  // the window would not shrink
+    if (forced_bytes + 2 * next > room) break;
+    Fill f = fill(units, candidates, forced, room, depth);
+    if (f.resident_bytes > best.resident_bytes) best = std::move(f);
   }
+  plan.window_bytes = best.window;
+  plan.resident = must;
+  plan.resident.insert(best.resident.begin(), best.resident.end());
   std::set<int> in_order(order.begin(), order.end());
   for (int i : order) {
     if (!plan.resident.count(i)) plan.streamed_order.push_back(i);
   }
-  for (int i : candidates) {
+  for (int i : ran) {
     if (!plan.resident.count(i) && !in_order.count(i)) plan.streamed_order.push_back(i);
   }
   for (int i : plan.resident) plan.resident_bytes += units[i].nbytes;
-  plan.streamed_bytes = plan.total_bytes - plan.resident_bytes;
+  for (int i = 0; i < n; ++i) {
+    if (!plan.resident.count(i) && !units[i].on_demand) plan.streamed_bytes += units[i].nbytes;
+  }
   return plan;
 }
 
@@ -189,7 +237,10 @@ uint64_t auto_budget() {
   }
   if (candidates.empty()) return kNoLimit;
   int64_t headroom = std::max<int64_t>(*std::min_element(candidates.begin(), candidates.end()), 0);
-  int64_t margin = std::max<int64_t>(64ll << 20, headroom / 20);
+  // Measured on a 1.1B model under 1.2 GB: after the budget is taken the interpreter still
+  // grows (lazy imports, allocator caches) and the kernel's readahead runs megabytes past
+  // each streamed range; with 5% the cgroup hit its limit thousands of times per run.
+  int64_t margin = std::max<int64_t>(128ll << 20, headroom / 10);
   return static_cast<uint64_t>(std::max<int64_t>(headroom - margin, 0));
 }
 

@@ -3,8 +3,11 @@
 namespace litcore {
 
 void ScriptStore::configure(const std::vector<std::vector<std::string>>& groups, const std::vector<bool>& streamable,
-                            int64_t budget_bytes) {
+                            const std::vector<bool>& on_demand, int64_t budget_bytes) {
   if (groups.size() != streamable.size()) throw std::invalid_argument("litcore: groups and streamable differ in length");
+  if (!on_demand.empty() && groups.size() != on_demand.size()) {
+    throw std::invalid_argument("litcore: groups and on_demand differ in length");
+  }
   std::vector<Unit> units;
   std::vector<std::vector<ByteRange>> ranges;
   std::vector<int> order;
@@ -17,6 +20,7 @@ void ScriptStore::configure(const std::vector<std::vector<std::string>>& groups,
       u.nbytes += length;
     }
     u.streamable = streamable[i];
+    u.on_demand = !on_demand.empty() && on_demand[i];
     units.push_back(std::move(u));
     ranges.push_back(std::move(r));
     order.push_back(static_cast<int>(i));
@@ -27,6 +31,7 @@ void ScriptStore::configure(const std::vector<std::vector<std::string>>& groups,
   if (plan.streams()) {
     Prefetcher::Options options;
     options.window_bytes = plan.window_bytes;
+    for (const auto& u : units) options.on_demand.push_back(u.on_demand);
     prefetcher = std::make_unique<Prefetcher>(store->mapping(), std::move(ranges), options);
     prefetcher->set_order(plan.streamed_order);
   }

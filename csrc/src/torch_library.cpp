@@ -21,8 +21,9 @@ TORCH_LIBRARY(litcore, m) {
       .def("prefetch", [](const Self& self, const std::vector<std::string>& names) { self->store->prefetch(names); })
       .def("release", [](const Self& self, const std::vector<std::string>& names) { self->store->release(names); })
       .def("configure", [](const Self& self, const std::vector<std::vector<std::string>>& groups,
-                           const c10::List<bool>& streamable, int64_t budget_bytes) {
-        self->configure(groups, std::vector<bool>(streamable.begin(), streamable.end()), budget_bytes);
+                           const c10::List<bool>& streamable, const c10::List<bool>& on_demand, int64_t budget_bytes) {
+        self->configure(groups, std::vector<bool>(streamable.begin(), streamable.end()),
+                        std::vector<bool>(on_demand.begin(), on_demand.end()), budget_bytes);
       })
       .def("enter", &ScriptStore::enter)
       .def("exit", &ScriptStore::exit)

@@ -5,7 +5,8 @@ memory budget, brings each module's weights in before it runs and drops them aft
 
 How the saved program is wired (all TorchScript, so it runs the same from C++):
 - the root gets `_litcore_store` (a Store, pickled by path), `_litcore_bound`,
-  `_litcore_groups` (tensor names per weight-owning module) and `_litcore_streamable`;
+  `_litcore_groups` (tensor names per weight-owning module), `_litcore_streamable` and
+  `_litcore_on_demand` (embeddings: read by lookup, never ahead);
 - a generated `_litcore_bind()` method points every parameter and buffer at the store's
   zero-copy tensors (`set_`), once, and the root's `forward` calls it first;
 - every weight-owning leaf module gets `_litcore_store` and `_litcore_group`, and its
@@ -25,6 +26,9 @@ from litcore.save import save as save_weights
 from litcore.store import PathLike
 
 __all__ = ["save", "load"]
+
+# Modules that read their weight by row lookup: a forward touches a few pages of it.
+_LOOKUP_MODULES = ("Embedding", "EmbeddingBag")
 
 
 def _path_expr(path: str) -> str:
@@ -86,6 +90,7 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
     modules = dict(program.named_modules())
     groups: List[List[str]] = []
     streamable: List[bool] = []
+    on_demand: List[bool] = []
     bind_lines: List[str] = []
     key_users: Dict[int, int] = {}
     for entries in owned.values():
@@ -101,6 +106,7 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
         group = len(groups)
         groups.append(names)
         streamable.append(is_leaf and only_params and not shared)
+        on_demand.append(sub.original_name in _LOOKUP_MODULES)
         for attr, key, tensor in entries:
             bind_lines.append(f'        {_path_expr(path)}.{attr}.set_(self._litcore_store.get("{key}"))')
             sub._c.setattr(attr, torch.empty(0, dtype=tensor.dtype).requires_grad_(tensor.requires_grad))
@@ -115,6 +121,7 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
     program._c._register_attribute("_litcore_bound", torch._C.BoolType.get(), False)
     program._c._register_attribute("_litcore_groups", torch._C.ListType(torch._C.ListType(torch._C.StringType.get())), groups)
     program._c._register_attribute("_litcore_streamable", torch._C.ListType(torch._C.BoolType.get()), streamable)
+    program._c._register_attribute("_litcore_on_demand", torch._C.ListType(torch._C.BoolType.get()), on_demand)
     source = "\n".join(["def _litcore_bind(self) -> None:", "    if self._litcore_bound:", "        return",
                         "    with torch.no_grad():", *(bind_lines or ["        pass"]), "    self._litcore_bound = True", ""])
     program.define(source)
@@ -151,5 +158,6 @@ def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget 
             sub._c.setattr("_litcore_store", store)
     program._c.setattr("_litcore_bound", False)
     budget = 0 if memory_budget is None or memory_budget == "auto" else parse_size(memory_budget)
-    store.configure(program._litcore_groups, program._litcore_streamable, budget)
+    on_demand = list(getattr(program, "_litcore_on_demand", []))  # absent in older programs
+    store.configure(program._litcore_groups, program._litcore_streamable, on_demand, budget)
     return program.eval()

@@ -44,7 +44,7 @@ class LitModule:
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
                  device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
-                 read_mode: str = "populate", verbose: bool = False) -> None:
+                 read_mode: str = "pread", verbose: bool = False) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -56,7 +56,8 @@ class LitModule:
         self._cuda = None
         self._passes: List[Dict[str, Any]] = []
         self._budget = resolve_budget(memory_budget)
-        self._units, self._unit_keys, self._unit_modules = self._make_units(module, store, binding)
+        self._units, self._unit_keys, self._unit_modules = self._make_units(
+            module, store, binding, lookups_on_demand=self.device.type == "cpu")
         self._order = list(range(len(self._units)))  # registration order until a forward is seen
         self._recorded = False
         self._ran: set = set()
@@ -67,7 +68,7 @@ class LitModule:
             self._handles = hooks.install(module, streamed, self._cuda, recorder)
             return
         self._plan = make_plan(self._units, self._order, self._budget)
-        self._warmer = self._warm(sorted(self._plan.resident, key=self._order.index))
+        self._warmer = self._warm(sorted(self._plan.resident, key=self._order.index), read_mode)
         streamable = {}
         if self._plan.streams:
             self._prefetcher = self._make_prefetcher(self._plan.window_bytes, threads, read_mode)
@@ -75,19 +76,20 @@ class LitModule:
             streamable = {i: self._unit_modules[i] for i, u in enumerate(self._units) if u.streamable}
         self._handles = hooks.install(module, streamable, self._prefetcher, recorder)
 
-    def _warm(self, units: List[int]) -> Optional["_C.Prefetcher"]:
+    def _warm(self, units: List[int], read_mode: str) -> Optional["_C.Prefetcher"]:
         """Reads the resident weights in on a native thread, in module order, so the first
         forward finds them in memory instead of faulting page by page; `ready` stays instant."""
         groups = [self.store.native.byte_ranges(self._unit_keys[i]) for i in units]
         if not groups:
             return None
-        warmer = _C.Prefetcher(self.store.native, groups, sum(n for g in groups for _, n in g), 1, "populate")
+        warmer = _C.Prefetcher(self.store.native, groups, sum(n for g in groups for _, n in g), 1, read_mode, keep=True)
         warmer.set_order(list(range(len(groups))))  # loaded once, never released
         return warmer
 
     def _make_prefetcher(self, window_bytes: int, threads: int, read_mode: str) -> "_C.Prefetcher":
         groups = [self.store.native.byte_ranges(keys) for keys in self._unit_keys]
-        return _C.Prefetcher(self.store.native, groups, window_bytes, threads, read_mode)
+        return _C.Prefetcher(self.store.native, groups, window_bytes, threads, read_mode,
+                             [u.on_demand for u in self._units])
 
     def _setup_cuda(self, gpu_memory_budget: Budget, threads: int, read_mode: str) -> Plan:
         """Weights that fit the GPU budget go to the device once; the rest stream through
@@ -126,7 +128,7 @@ class LitModule:
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
-                    threads: int = 1, read_mode: str = "populate", verbose: bool = False) -> "LitModule":
+                    threads: int = 1, read_mode: str = "pread", verbose: bool = False) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
 
@@ -150,7 +152,9 @@ class LitModule:
                    gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode, verbose=verbose)
 
     @staticmethod
-    def _make_units(root: nn.Module, store: Store, binding: Binding):
+    def _make_units(root: nn.Module, store: Store, binding: Binding, *, lookups_on_demand: bool):
+        """One unit per weight-owning module. With `lookups_on_demand`, embeddings stream
+        by fault (a lookup touches a few rows); on a GPU they must be copied whole."""
         users: Dict[str, int] = {}
         for slot in binding.slots:
             for k in slot.file_keys:
@@ -160,7 +164,8 @@ class LitModule:
             shared = any(users[k] > 1 for k in slot.file_keys)  # tied: several modules bind one stored tensor
             leaf = next(iter(slot.module.children()), None) is None and slot.module is not root
             nbytes = sum(store.info(k).nbytes for k in slot.file_keys)
-            units.append(Unit(slot.name or "<root>", nbytes, leaf and not slot.has_buffers and not shared))
+            lookup = lookups_on_demand and isinstance(slot.module, (nn.Embedding, nn.EmbeddingBag))
+            units.append(Unit(slot.name or "<root>", nbytes, leaf and not slot.has_buffers and not shared, lookup))
             keys.append(slot.file_keys)
             modules.append(slot.module)
         return units, keys, modules

@@ -2,10 +2,13 @@
 are streamed from the file on every forward, within a memory budget.
 
 Plain LRU over a model's cyclic pass evicts exactly what is needed next (why mmap thrashes
-when the model exceeds memory). Instead a fixed set stays resident and the rest streams
-through a small window, with the resident set spread evenly over the execution order so
-that streaming IO can run ahead while resident modules compute. The planner is native
-(csrc/src/residency.cpp), shared with TorchScript programs and C++ applications.
+when the model exceeds memory). Instead a fixed set stays resident — a prefix and a suffix of
+the execution order, plus the largest units when that shrinks the window enough — and the
+rest streams through a small window. What streams is then one run of the execution order,
+which litcore files store contiguously: one sequential read per forward, at the speed of the
+kernel's readahead (gaps measured 2-3x slower). Embeddings are read by row lookup, so they
+are never read ahead: their touched pages fault in and leave after use. The planner is
+native (csrc/src/residency.cpp), shared with TorchScript programs and C++ applications.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ class Unit:
     name: str
     nbytes: int
     streamable: bool  # leaf module, parameters only, no tensor shared with another module
+    on_demand: bool = False  # read by row lookup (an embedding): never read ahead
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Plan:
     streamed_order: List[int]   # cyclic execution order of streamed units (repeats kept)
     window_bytes: int           # streamed bytes that may be in memory at once
     resident_bytes: int
-    streamed_bytes: int         # bytes read from storage per forward
+    streamed_bytes: int         # bytes read ahead per forward (on-demand units: only what they touch)
     budget: int
     total_bytes: int
 
@@ -49,5 +53,5 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: 
     `budget` bytes; `ran` is every unit ever seen running (default: those in `order`).
     Raises BudgetTooSmallError naming the module that cannot fit."""
     resident, streamed, window, resident_bytes, streamed_bytes, budget, total = _C.make_plan(
-        [(u.name, u.nbytes, u.streamable) for u in units], list(order), int(budget), set(ran or ()), depth)
+        [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order), int(budget), set(ran or ()), depth)
     return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, budget, total)

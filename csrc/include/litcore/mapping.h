@@ -27,6 +27,14 @@ class Mapping {
   // Advice on byte ranges; ranges are widened to whole pages. Failures only warn:
   // advice is an optimisation, never a correctness requirement.
   void willneed(uint64_t offset, uint64_t length) const;
+  // Faults on the range bring in only the touched pages, with no read-around (MADV_RANDOM):
+  // for tensors read by row lookup, where read-around would read megabytes per row.
+  void random_access(uint64_t offset, uint64_t length) const;
+  // Faults on the range read ahead only forward (MADV_SEQUENTIAL), not around the fault:
+  // read-around would bring back the ranges just dropped behind a streaming reader.
+  void sequential_access(uint64_t offset, uint64_t length) const;
+  // Undoes random_access / sequential_access (MADV_NORMAL).
+  void normal_access(uint64_t offset, uint64_t length) const;
   // Faults the range in now (MADV_POPULATE_READ, or touching each page), so that later
   // accesses from the compute thread cost no page faults.
   void populate(uint64_t offset, uint64_t length) const;
@@ -35,6 +43,8 @@ class Mapping {
   void release(uint64_t offset, uint64_t length) const;
 
  private:
+  void advise(uint64_t offset, uint64_t length, int advice, const char* what) const;
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -31,8 +31,11 @@ struct PrefetchStats {
 };
 
 enum class ReadMode {
-  Populate,  // madvise(MADV_POPULATE_READ) on the mapping, after fadvise(WILLNEED)
-  Pread,     // large preads into a scratch buffer fill the page cache, then populate
+  // Large preads into a scratch buffer fill the page cache through the file's own sequential
+  // readahead, then MADV_POPULATE_READ maps the cached pages. The default: measured ~2x the
+  // populate-only path on streamed ranges (docs/benchmarks.md).
+  Pread,
+  Populate,  // MADV_POPULATE_READ alone: the page faults drive the readahead
 };
 
 class Prefetcher {
@@ -40,7 +43,13 @@ class Prefetcher {
   struct Options {
     uint64_t window_bytes = 0;  // streamed bytes allowed in memory at once (loaded or loading)
     int threads = 1;
-    ReadMode read_mode = ReadMode::Populate;
+    ReadMode read_mode = ReadMode::Pread;
+    // Groups are read once and kept (warming a resident set): the mapping keeps its normal
+    // access advice. Otherwise streamed groups are advised for forward-only readahead.
+    bool keep = false;
+    // Per group (empty: none): read by lookup, so never read ahead; its pages come in by
+    // fault during use, cost no window, and are dropped by done() like any streamed group.
+    std::vector<bool> on_demand;
   };
 
   // `groups[i]` are the byte ranges of group i in the mapping.
@@ -77,6 +86,7 @@ class Prefetcher {
   std::shared_ptr<Mapping> mapping_;
   std::vector<std::vector<ByteRange>> groups_;
   std::vector<uint64_t> bytes_;
+  std::vector<uint64_t> cost_;  // what a group takes of the window: 0 for on-demand groups
   Options options_;
 
   mutable std::mutex mu_;

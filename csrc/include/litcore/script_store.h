@@ -21,8 +21,9 @@ struct ScriptStore : torch::CustomClassHolder {
 
   // Plans residency for module groups (the tensor names each module owns, in registration
   // order) under `budget_bytes` (<= 0: auto_budget()) and starts streaming if needed.
+  // `on_demand` (empty: none) marks groups read by lookup (embeddings): see Unit::on_demand.
   void configure(const std::vector<std::vector<std::string>>& groups, const std::vector<bool>& streamable,
-                 int64_t budget_bytes);
+                 const std::vector<bool>& on_demand, int64_t budget_bytes);
   void enter(int64_t group);
   void exit(int64_t group);
 

@@ -80,6 +80,38 @@ def test_embeddings_are_read_by_lookup_not_ahead(tmp):
     assert cached_bytes(str(tmp / "e.lit")) < 1 << 20
 
 
+def test_locally_reordered_modules_are_not_read_twice(tmp):
+    class Reordered(nn.Module):  # registers a, b, c, norm; runs norm, a, b, c (like HF decoder layers)
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)
+            self.norm = nn.LayerNorm(64)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(self.norm(x))))
+
+    def build():
+        return nn.Sequential(*[Reordered() for _ in range(8)])
+
+    torch.manual_seed(0)
+    ref = build().eval()
+    litcore.save(ref.state_dict(), tmp / "r.lit")
+    lit = litcore.LitModule.from_params(tmp / "r.lit", build, memory_budget="100KB")
+    x = torch.randn(2, 64)
+    guess = lit.plan  # made from the registration order
+    with torch.no_grad():
+        assert torch.equal(lit(x), ref(x))
+    first = lit.stats()["last"]
+    assert first["mispredicts"] > 0  # the registration order was a wrong guess...
+    # ...that cost no re-reads: what streamed (reads span the alignment padding between a
+    # module's tensors), plus the window read ahead for the next forward
+    padding = 4096 * len(guess.streamed_order)
+    assert first["bytes_read"] <= guess.streamed_bytes + padding + guess.window_bytes
+    with torch.no_grad():
+        assert torch.equal(lit(x), ref(x))
+    assert lit.stats()["last"]["mispredicts"] == 0  # the recorded order is followed from then on
+
+
 def test_data_dependent_order_stays_correct(tmp):
     class Branchy(nn.Module):
         def __init__(self):

@@ -146,12 +146,14 @@ PYBIND11_MODULE(_C, m) {
              opts.threads = threads;
              opts.on_demand = on_demand;
              opts.keep = keep;
-             if (read_mode == "pread") opts.read_mode = ReadMode::Pread;
-             else if (read_mode != "populate") throw std::invalid_argument("read_mode must be 'populate' or 'pread'");
+             if (read_mode == "sendfile") opts.read_mode = ReadMode::Sendfile;
+             else if (read_mode == "pread") opts.read_mode = ReadMode::Pread;
+             else if (read_mode == "populate") opts.read_mode = ReadMode::Populate;
+             else throw std::invalid_argument("litcore: read_mode must be 'sendfile', 'pread' or 'populate', not '" + read_mode + "'");
              return std::make_unique<Prefetcher>(store.mapping(), std::move(ranges), opts);
            }),
            py::arg("store"), py::arg("groups"), py::arg("window_bytes"), py::arg("threads") = 1,
-           py::arg("read_mode") = "pread", py::arg("on_demand") = std::vector<bool>{}, py::arg("keep") = false)
+           py::arg("read_mode") = "sendfile", py::arg("on_demand") = std::vector<bool>{}, py::arg("keep") = false)
       .def("set_order", &Prefetcher::set_order, py::call_guard<py::gil_scoped_release>())
       .def("wait", &Prefetcher::wait, py::call_guard<py::gil_scoped_release>())
       .def("done", &Prefetcher::done, py::call_guard<py::gil_scoped_release>())

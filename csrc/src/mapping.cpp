@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +41,8 @@ struct Mapping::Impl {
   uint8_t* addr = nullptr;
   uint64_t size = 0;
   std::atomic<bool> populate_supported{true};
+  std::atomic<bool> sendfile_supported{true};
+  int null_fd = -1;  // /dev/null, the sink of fill_cache's sendfile
 
   // Clamps [offset, offset+length) to the mapping and widens it to whole pages.
   bool page_range(uint64_t offset, uint64_t length, uint8_t** start, size_t* len) const {
@@ -80,9 +83,12 @@ Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
     throw IOError(errno_message("litcore: cannot mmap", path, err), err);
   }
   impl_->addr = static_cast<uint8_t*>(p);
+  impl_->null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (impl_->null_fd < 0) impl_->sendfile_supported = false;
 }
 
 Mapping::~Mapping() {
+  if (impl_->null_fd >= 0) ::close(impl_->null_fd);
   if (impl_->addr) munmap(impl_->addr, impl_->size);
   if (impl_->fd >= 0) ::close(impl_->fd);
 }
@@ -113,6 +119,35 @@ void Mapping::sequential_access(uint64_t offset, uint64_t length) const {
 
 void Mapping::normal_access(uint64_t offset, uint64_t length) const {
   advise(offset, length, MADV_NORMAL, "madvise(NORMAL)");
+}
+
+void Mapping::fill_cache(uint64_t offset, uint64_t length, bool copy) const {
+  if (offset >= impl_->size || length == 0) return;
+  length = std::min(length, impl_->size - offset);
+  uint64_t end = offset + length;
+  if (!copy && impl_->sendfile_supported) {
+    off_t pos = static_cast<off_t>(offset);
+    while (static_cast<uint64_t>(pos) < end) {
+      ssize_t n = sendfile(impl_->null_fd, impl_->fd, &pos, static_cast<size_t>(std::min<uint64_t>(end - pos, 1ull << 30)));
+      if (n > 0) continue;
+      if (n == 0) return;  // end of file
+      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno != EINVAL && errno != ENOSYS) return;  // an IO error: the mapping reports it on touch
+      impl_->sendfile_supported = false;  // this kernel cannot splice the file: copy instead
+      offset = static_cast<uint64_t>(pos);
+      break;
+    }
+    if (impl_->sendfile_supported) return;
+  }
+  constexpr uint64_t kChunk = 8ull << 20;
+  static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kChunk]);
+  while (offset < end) {
+    ssize_t n = ::pread(impl_->fd, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
+                        static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    offset += static_cast<uint64_t>(n);
+  }
 }
 
 void Mapping::populate(uint64_t offset, uint64_t length) const {

@@ -1,6 +1,5 @@
 #include "litcore/prefetcher.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,7 +11,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr uint64_t kPreadChunk = 8ull << 20;
+// How far ahead in the order a wait may land and still count as a local reordering (served
+// at once, predictions kept) rather than skipped positions (released). A transformer layer
+// registers its ~10 modules in another order than it runs them.
+constexpr size_t kReorderSpan = 16;
 
 }  // namespace
 
@@ -88,6 +90,7 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   }
   streamed_ = streamed;
   order_ = order;
+  taken_.assign(order_.size(), false);
   expected_ = cursor_ = ahead_ = 0;
   for (size_t g = 0; g < groups_.size(); ++g) {
     if (streamed_[g] && state_[g] == State::Ready && in_use_[g] == 0) release_locked(static_cast<int>(g));
@@ -98,19 +101,12 @@ void Prefetcher::set_order(const std::vector<int>& order) {
 void Prefetcher::load(int group) {
   if (options_.on_demand[group]) return;  // its pages come in by fault, only those touched
   for (const auto& r : groups_[group]) {
-    if (options_.read_mode == ReadMode::Pread) {
-      // Large sequential reads fill the page cache at full device speed; the populate
-      // below then only maps pages that are already there.
-      static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kPreadChunk]);
-      for (uint64_t done = 0; done < r.length;) {
-        size_t want = static_cast<size_t>(std::min(kPreadChunk, r.length - done));
-        ssize_t n = ::pread(mapping_->fd(), scratch.get(), want, static_cast<off_t>(r.offset + done));
-        if (n <= 0) break;  // the populate below reports nothing either: the mapping decides
-        done += static_cast<uint64_t>(n);
-      }
+    // Reads through the file's readahead first, then maps pages already cached: page faults
+    // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
+    // MADV_WILLNEED: it splits the reads into small requests (0.6 GB/s against 1.8).
+    if (options_.read_mode != ReadMode::Populate) {
+      mapping_->fill_cache(r.offset, r.length, options_.read_mode == ReadMode::Pread);
     }
-    // No MADV_WILLNEED first: measured, it turns the populate's large readahead into
-    // small asynchronous requests (0.6 GB/s against 1.8 GB/s, docs/benchmarks.md).
     mapping_->populate(r.offset, r.length);
   }
 }
@@ -140,15 +136,32 @@ void Prefetcher::worker_loop() {
       if (stop_) return true;
       if (order_.empty() || ahead_ >= order_.size()) return false;
       int g = order_[cursor_];
-      return state_[g] != State::Idle || in_flight_ == 0 || in_flight_ + cost_[g] <= options_.window_bytes;
+      return taken_[cursor_] || state_[g] != State::Idle || in_flight_ == 0 ||
+             in_flight_ + cost_[g] <= options_.window_bytes;
     });
     if (stop_) return;
     size_t pos = cursor_;
     int g = order_[pos];
     cursor_ = (cursor_ + 1) % order_.size();
     ++ahead_;
-    if (state_[g] != State::Idle) continue;  // already loaded for an earlier position
+    // Consumed out of order already, or loaded for an earlier position.
+    if (taken_[pos] || state_[g] != State::Idle) continue;
     load_unlocked(g, lock);
+  }
+}
+
+void Prefetcher::advance_locked() {
+  size_t n = order_.size();
+  // The front position is consumed: the workers either handled it already or skip past it.
+  for (size_t i = 0; i < n; ++i) {
+    if (ahead_ > 0) {
+      --ahead_;
+    } else {
+      cursor_ = (expected_ + 1) % n;
+    }
+    expected_ = (expected_ + 1) % n;
+    if (!taken_[expected_]) return;
+    taken_[expected_] = false;  // consumed earlier, out of order
   }
 }
 
@@ -159,24 +172,34 @@ void Prefetcher::wait(int group) {
   // Where in the order is this call? Usually exactly where we expected.
   size_t n = order_.size();
   size_t k = 0;
-  while (k < n && order_[(expected_ + k) % n] != group) ++k;
-  size_t pos = (expected_ + k) % n;
-  if (k > 0) {
+  while (k < n && (order_[(expected_ + k) % n] != group || taken_[(expected_ + k) % n])) ++k;
+  if (k == 0) {
+    advance_locked();
+  } else if (k < n) {
     ++stats_.mispredicts;
-    // Positions we skipped were loaded for nothing this time round: free their window.
-    for (size_t i = 0; i < k; ++i) {
-      int s = order_[(expected_ + i) % n];
-      if (s != group && state_[s] == State::Ready && in_use_[s] == 0) release_locked(s);
+    size_t pos = (expected_ + k) % n;
+    if (k <= kReorderSpan) {
+      // A local reordering (a model running its modules in another order than registered):
+      // serve this one now and keep every prediction in between.
+      taken_[pos] = true;
+    } else {
+      // Positions we skipped were loaded for nothing this time round: free their window.
+      for (size_t i = 0; i < k; ++i) {
+        size_t p = (expected_ + i) % n;
+        int s = order_[p];
+        taken_[p] = false;
+        if (s != group && state_[s] == State::Ready && in_use_[s] == 0) release_locked(s);
+      }
+      if (ahead_ >= k) {
+        ahead_ -= k;
+      } else {  // the workers are behind: skip them past this position
+        ahead_ = 0;
+        cursor_ = pos;
+      }
+      expected_ = pos;
+      advance_locked();
     }
   }
-  size_t consumed = k + 1;
-  if (ahead_ >= consumed) {
-    ahead_ -= consumed;
-  } else {  // the workers are behind: skip them past this position
-    ahead_ = 0;
-    cursor_ = (pos + 1) % n;
-  }
-  expected_ = (pos + 1) % n;
   auto start = Clock::now();
   bool hit = state_[group] == State::Ready;
   // Reserve the group first: a done() from another thread must not drop it under us.

@@ -44,7 +44,7 @@ class LitModule:
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
                  device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
-                 read_mode: str = "pread", verbose: bool = False) -> None:
+                 read_mode: str = "sendfile", verbose: bool = False) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -128,13 +128,15 @@ class LitModule:
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
-                    threads: int = 1, read_mode: str = "pread", verbose: bool = False) -> "LitModule":
+                    threads: int = 1, read_mode: str = "sendfile", verbose: bool = False) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
 
         `memory_budget` bounds host memory for weights; with `device="cuda"`,
         `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
-        the GPU, and the rest streams through pinned buffers on a copy stream."""
+        the GPU, and the rest streams through pinned buffers on a copy stream.
+        `read_mode` says how streamed weights are read: "sendfile" (default; the file's
+        readahead with no copy), "pread" (the same with a copy) or "populate" (page faults)."""
         device = torch.device(device)
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"litcore: device {device} is not supported (use 'cpu' or 'cuda[:N]')")

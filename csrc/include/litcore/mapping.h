@@ -35,6 +35,11 @@ class Mapping {
   void sequential_access(uint64_t offset, uint64_t length) const;
   // Undoes random_access / sequential_access (MADV_NORMAL).
   void normal_access(uint64_t offset, uint64_t length) const;
+  // Reads the range into the page cache, unmapped, through the file's sequential readahead:
+  // sendfile() into /dev/null moves no bytes through user space; with `copy` (or where the
+  // kernel refuses that) preads into a scratch buffer do. Short reads stop it quietly: the
+  // mapping reports what the file lacks when the range is touched.
+  void fill_cache(uint64_t offset, uint64_t length, bool copy = false) const;
   // Faults the range in now (MADV_POPULATE_READ, or touching each page), so that later
   // accesses from the compute thread cost no page faults.
   void populate(uint64_t offset, uint64_t length) const;

@@ -30,12 +30,11 @@ struct PrefetchStats {
   uint64_t peak_in_flight_bytes = 0;
 };
 
+// How a group is read (Mapping::fill_cache, then MADV_POPULATE_READ maps the cached pages).
 enum class ReadMode {
-  // Large preads into a scratch buffer fill the page cache through the file's own sequential
-  // readahead, then MADV_POPULATE_READ maps the cached pages. The default: measured ~2x the
-  // populate-only path on streamed ranges (docs/benchmarks.md).
-  Pread,
-  Populate,  // MADV_POPULATE_READ alone: the page faults drive the readahead
+  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy (the default)
+  Pread,     // 8 MiB preads into a scratch buffer: the same readahead, plus a copy
+  Populate,  // MADV_POPULATE_READ alone: page faults drive the reads (about half as fast)
 };
 
 class Prefetcher {
@@ -43,7 +42,7 @@ class Prefetcher {
   struct Options {
     uint64_t window_bytes = 0;  // streamed bytes allowed in memory at once (loaded or loading)
     int threads = 1;
-    ReadMode read_mode = ReadMode::Pread;
+    ReadMode read_mode = ReadMode::Sendfile;
     // Groups are read once and kept (warming a resident set): the mapping keeps its normal
     // access advice. Otherwise streamed groups are advised for forward-only readahead.
     bool keep = false;
@@ -62,7 +61,8 @@ class Prefetcher {
   // never appear are resident: wait()/done() ignore them. Releases what the old order had.
   void set_order(const std::vector<int>& order);
   // Blocks until `group` is in memory. A group other than the predicted one is read at
-  // once (a wrong guess costs time, never correctness: the mapping is always valid).
+  // once (a wrong guess costs time, never correctness: the mapping is always valid); if it
+  // is a few positions ahead the predictions in between stay, otherwise they are dropped.
   void wait(int group);
   // The caller is done with `group`: a streamed group is dropped from memory.
   void done(int group);
@@ -81,6 +81,9 @@ class Prefetcher {
   // Marks `group` Loading, reads it with `lock` released, marks it Ready.
   void load_unlocked(int group, std::unique_lock<std::mutex>& lock);
   void release_locked(int group);
+  // Moves past the front position of the order (consumed), and past any after it that were
+  // consumed out of order.
+  void advance_locked();
   void check_group(int group) const;
 
   std::shared_ptr<Mapping> mapping_;
@@ -96,6 +99,7 @@ class Prefetcher {
   std::vector<int> in_use_;
   std::vector<bool> streamed_;
   std::vector<int> order_;
+  std::vector<bool> taken_;  // positions of order_ consumed out of order, ahead of expected_
   size_t expected_ = 0;  // position in order_ of the next wait()
   size_t cursor_ = 0;    // next position the workers will consider
   size_t ahead_ = 0;     // positions between expected_ and cursor_

@@ -28,8 +28,12 @@ def _streaming(path, build):
     raise AssertionError("no streaming budget fits")
 
 
-def _lit(path, build, mode):
-    return litcore.LitModule.from_params(path, build) if mode == "resident" else _streaming(path, build)
+def _lit(path, config, cls, mode):
+    """Resident: through from_pretrained (transformers' own init skipped, ties restored);
+    streaming: a plain builder, as any nn.Module gets it."""
+    if mode == "resident":
+        return litcore.from_pretrained(path, config=config, model_class=cls)
+    return _streaming(path, lambda: cls(config))
 
 
 @pytest.fixture(scope="module", params=MODELS, ids=[m[0] for m in MODELS])
@@ -44,7 +48,7 @@ def exported(request, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["resident", "streaming"])
 def test_outputs_are_identical(exported, mode):
     name, config, cls, kind, ref, path = exported
-    lit = _lit(path, lambda: cls(config), mode)
+    lit = _lit(path, config, cls, mode)
     assert lit.plan.streams == (mode == "streaming")
     for seed in range(3):
         ids = _inputs(config, seed)
@@ -63,7 +67,7 @@ def test_generate_is_identical(exported, mode):
     name, config, cls, kind, ref, path = exported
     if kind != "causal":
         pytest.skip("encoder-only")
-    lit = _lit(path, lambda: cls(config), mode)
+    lit = _lit(path, config, cls, mode)
     ids = _inputs(config)[:1]
     kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
     with torch.no_grad():

@@ -75,7 +75,8 @@ def test_embeddings_are_read_by_lookup_not_ahead(tmp):
     for _ in range(3):
         with torch.no_grad():
             assert torch.equal(lit(ids), ref(ids))
-    assert lit.stats()["last"]["bytes_read"] <= lit.plan.streamed_bytes
+    # the layers and the window read ahead for the next forward, never the 10 MB embedding
+    assert lit.stats()["last"]["bytes_read"] < 1 << 20
     # its touched rows were dropped after use: no megabytes of read-around stay cached
     assert cached_bytes(str(tmp / "e.lit")) < 1 << 20
 

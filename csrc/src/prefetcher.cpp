@@ -1,6 +1,5 @@
 #include "litcore/prefetcher.h"
 
-
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>

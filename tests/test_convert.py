@@ -120,16 +120,20 @@ def test_bad_sources(tmp):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_conversion_streams(tmp, fmt):
-    """A 256 MiB conversion grows peak RSS by far less than the file (about one tensor)."""
+    """A 256 MiB conversion grows peak RSS by far less than the file (a few tensors at most)."""
     src = tmp / ("model.safetensors" if fmt == "safetensors" else "model.bin")
+    warm = tmp / ("warm.safetensors" if fmt == "safetensors" else "warm.bin")
     run_python(f"""
         import torch
         from safetensors.torch import save_file
         sd = {{f"layer{{i}}.weight": torch.full((4 << 20,), float(i)) for i in range(16)}}  # 16 x 16 MiB
+        small = {{"w": torch.ones(16)}}
         if {fmt!r} == "safetensors":
             save_file(sd, {str(src)!r})
+            save_file(small, {str(warm)!r})
         else:
             torch.save(sd, {str(src)!r})
+            torch.save(small, {str(warm)!r})
         """)
     out = run_python(f"""
         import litcore
@@ -137,12 +141,17 @@ def test_conversion_streams(tmp, fmt):
             for line in open("/proc/self/status"):
                 if line.startswith(key):
                     return int(line.split()[1]) * 1024
+        # A small conversion first: what it imports lazily is not the conversion's memory.
+        litcore.convert({str(warm)!r}, {str(tmp / 'warm.lit')!r}, dtype="bfloat16", progress=False)
         before = status("VmRSS")
         litcore.convert({str(src)!r}, {str(tmp / 'm.lit')!r}, dtype="bfloat16", progress=False)
         print(status("VmHWM") - before)
         """).stdout
     grew = int(out.split()[-1])
-    assert grew < 96 << 20, f"peak RSS grew by {grew >> 20} MiB converting 256 MiB"
+    # A tensor in flight is 16 MiB read + 8 MiB converted; glibc may keep a few freed ones
+    # (its mmap threshold grows with freed sizes): 48-97 MiB measured. Loading the file whole
+    # would take 256 MiB + 128 MiB.
+    assert grew < 128 << 20, f"peak RSS grew by {grew >> 20} MiB converting 256 MiB"
     with litcore.Store(tmp / "m.lit") as store:
         assert float(store["layer7.weight"][-1]) == 7.0
 

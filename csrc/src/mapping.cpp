@@ -96,7 +96,6 @@ Mapping::~Mapping() {
 const std::string& Mapping::path() const { return impl_->path; }
 uint8_t* Mapping::addr() const { return impl_->addr; }
 uint64_t Mapping::size() const { return impl_->size; }
-int Mapping::fd() const { return impl_->fd; }
 
 void Mapping::willneed(uint64_t offset, uint64_t length) const {
   advise(offset, length, MADV_WILLNEED, "madvise(WILLNEED)");
@@ -172,9 +171,9 @@ void Mapping::release(uint64_t offset, uint64_t length) const {
   // The page cache holds file data in folios of up to 2 MiB, and a folio that straddles the
   // range's edge is not dropped for a partial range: widen the cache drop to whole 2 MiB
   // blocks. Pages a neighbour still maps are never dropped, so this costs it nothing.
-  uint64_t first = static_cast<uint64_t>(start - impl_->addr) / kLargestFolio * kLargestFolio;
-  uint64_t last = std::min<uint64_t>((static_cast<uint64_t>(start - impl_->addr) + len + kLargestFolio - 1) /
-                                         kLargestFolio * kLargestFolio, impl_->size);
+  uint64_t at = static_cast<uint64_t>(start - impl_->addr);
+  uint64_t first = at / kLargestFolio * kLargestFolio;
+  uint64_t last = std::min<uint64_t>((at + len + kLargestFolio - 1) / kLargestFolio * kLargestFolio, impl_->size);
   int rc = posix_fadvise(impl_->fd, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
   if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
 }

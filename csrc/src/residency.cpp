@@ -35,10 +35,6 @@ uint64_t read_limit(const std::string& path) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // One way to fill the budget: `forced` (some of the largest units) resident, the window
 // sized for the largest unit left streaming, then a prefix and a suffix of `candidates`.
 struct Fill {
@@ -65,23 +61,19 @@ Fill fill(const std::vector<Unit>& units, const std::vector<int>& candidates, co
   uint64_t window = std::max(2 * largest, largest + static_cast<uint64_t>(std::max(depth - 1, 0)) * median);
   f.window = std::min(window, room - f.resident_bytes);
   uint64_t spare = room - f.resident_bytes - f.window;
+  // Keeps candidate i resident if it fits; false once one does not (the run ends there).
+  auto take = [&](int i) {
+    if (forced.count(i)) return true;
+    if (units[i].nbytes > spare) return false;
+    f.resident.insert(i);
+    f.resident_bytes += units[i].nbytes;
+    spare -= units[i].nbytes;
+    return true;
+  };
   size_t head = 0;
-  for (; head < candidates.size(); ++head) {
-    int i = candidates[head];
-    if (forced.count(i)) continue;
-    if (units[i].nbytes > spare) break;
-    f.resident.insert(i);
-    f.resident_bytes += units[i].nbytes;
-    spare -= units[i].nbytes;
-  }
-  for (size_t k = candidates.size(); k > head + 1; --k) {
-    int i = candidates[k - 1];
-    if (forced.count(i)) continue;
-    if (units[i].nbytes > spare) break;
-    f.resident.insert(i);
-    f.resident_bytes += units[i].nbytes;
-    spare -= units[i].nbytes;
-  }
+  while (head < candidates.size() && take(candidates[head])) ++head;
+  size_t tail = candidates.size();
+  while (tail > head + 1 && take(candidates[tail - 1])) --tail;
   return f;
 }
 

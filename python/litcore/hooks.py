@@ -10,7 +10,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 
-
 class PassRecorder:
     """Records which streamed units run, in order, during each forward of the root module,
     and hands that order and the forward's duration to `on_pass`."""

@@ -33,6 +33,12 @@ def resolve_weights_path(path: PathLike) -> str:
     return path
 
 
+def _require_cuda(device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise ValueError(f"litcore: device {device} requested but CUDA is not available "
+                         f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+
+
 class LitModule:
     """Runs `module` with its weights in a memory-mapped litcore file.
 
@@ -94,9 +100,7 @@ class LitModule:
     def _setup_cuda(self, gpu_memory_budget: Budget, threads: int, read_mode: str) -> Plan:
         """Weights that fit the GPU budget go to the device once; the rest stream through
         pinned buffers and a copy stream (litcore.cuda_streaming)."""
-        if not torch.cuda.is_available():
-            raise ValueError(f"litcore: device {self.device} requested but CUDA is not available "
-                             f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+        _require_cuda(self.device)
         from litcore import cuda_streaming
 
         device = self.device if self.device.index is not None else torch.device("cuda", torch.cuda.current_device())
@@ -140,9 +144,8 @@ class LitModule:
         device = torch.device(device)
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"litcore: device {device} is not supported (use 'cpu' or 'cuda[:N]')")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"litcore: device {device} requested but CUDA is not available "
-                             f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+        if device.type == "cuda":
+            _require_cuda(device)  # before building and binding: fail fast
         store = Store(resolve_weights_path(path))
         with empty_init():
             module = builder()

@@ -21,8 +21,6 @@ class Mapping {
   const std::string& path() const;
   uint8_t* addr() const;
   uint64_t size() const;
-  // The open file behind the mapping (the same file even if the path was replaced since).
-  int fd() const;
 
   // Advice on byte ranges; ranges are widened to whole pages. Failures only warn:
   // advice is an optimisation, never a correctness requirement.

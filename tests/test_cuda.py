@@ -2,6 +2,7 @@
 (the device machine); on CPU-only installs the clear error is what is tested."""
 import pytest
 import torch
+from torch import nn
 
 import litcore
 from models import awkward, llama_config, seeded, Awkward
@@ -38,8 +39,41 @@ def test_llama_on_gpu_matches_the_whole_model_on_gpu(tmp, gpu_budget):
     kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         assert torch.equal(lit.generate(ids[:1], **kw), ref.generate(ids[:1], **kw))
+    passes = lit.stats()["per_forward"]
     if gpu_budget == "small":
-        assert lit.plan.streams and lit._cuda.stats["bytes_copied"] > 0
+        assert lit.plan.streams
+        assert all(p["gpu_bytes_copied"] > 0 for p in passes)
+        # after the first forward recorded the order, every streamed module is fed ahead
+        assert all(p["gpu_prefetch_misses"] == 0 and p["gpu_prefetch_hits"] > 0 for p in passes[1:])
+        assert all(p.device.type == "cuda" for p in lit.module.parameters())  # placeholders too
+    else:
+        assert not lit.plan.streams and all(p.get("gpu_bytes_copied", 0) == 0 for p in passes)
+
+
+@needs_cuda
+def test_data_dependent_order_on_gpu(tmp):
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(256, 256), nn.Linear(256, 256), nn.Linear(256, 256)
+
+        def forward(self, x, route):
+            for name in route:
+                x = getattr(self, name)(x)
+            return x
+
+    torch.manual_seed(0)
+    ref = Branchy().eval().cuda()
+    litcore.save(ref.state_dict(), tmp / "b.lit")
+    lit = litcore.LitModule.from_params(tmp / "b.lit", Branchy, device="cuda", gpu_memory_budget="600KB")
+    assert lit.plan.streams
+    x = torch.randn(3, 256, device="cuda")
+    for route in ["abc", "cba", "aac", "b", "abcabc", "ca", "ca"]:
+        with torch.no_grad():
+            want = ref(x, route)
+        assert torch.equal(lit(x, route), want), route
+    assert sum(p["gpu_prefetch_misses"] for p in lit.stats()["per_forward"]) > 0
+    assert lit.stats()["last"]["gpu_prefetch_misses"] == 0  # "ca" twice: the second was fed ahead
 
 
 @needs_cuda

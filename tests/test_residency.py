@@ -3,7 +3,7 @@ import pytest
 
 import litcore
 from litcore.budget import auto_budget, parse_size, resolve_budget
-from litcore.residency import BudgetTooSmallError, Unit, make_plan
+from litcore.residency import BudgetTooSmallError, Unit, host_plan, make_plan
 from conftest import run_python
 
 
@@ -109,3 +109,17 @@ def test_budget_too_small_names_the_module():
         make_plan(units, [0, 1], 300)
     assert issubclass(BudgetTooSmallError, ValueError)
     assert litcore.BudgetTooSmallError is BudgetTooSmallError
+
+
+def test_host_plan_for_a_device_keeps_what_fits_in_host_memory():
+    units = [Unit(f"layer{i}", 100, True) for i in range(10)]
+    device = make_plan(units, list(range(10)), 450)
+    assert device.streams and device.resident
+    roomy = host_plan(units, device, 10_000)
+    # everything streamed to the device stays in host memory; device-resident units cost it nothing
+    assert not roomy.streams and roomy.resident_bytes == device.streamed_bytes
+    tight = host_plan(units, device, 350)
+    assert tight.streams and set(tight.streamed_order) <= set(device.streamed_order)
+    assert tight.resident_bytes + tight.window_bytes <= 350
+    with pytest.raises(litcore.BudgetTooSmallError, match="layer"):
+        host_plan(units, device, 50)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -59,11 +59,12 @@ class CudaStreamer:
     """The pinned ring, copy stream and events for streamed units (see the module doc)."""
 
     def __init__(self, device: torch.device, store: Store, units: Dict[int, List[Binding]], order: Sequence[int],
-                 host_prefetcher=None, slots: int = 3) -> None:
+                 host_prefetcher=None, host_streamed: Set[int] = frozenset(), slots: int = 3) -> None:
         self.device = device
         self.store = store
         self.units = units
-        self.host = host_prefetcher
+        self.host = host_prefetcher  # reads `host_streamed` units from the file; the others stay in host memory
+        self.host_streamed = set(host_streamed) if host_prefetcher is not None else set()
         self.layout: Dict[int, List[Tuple[int, int]]] = {}
         slot_bytes = 0
         for uid, bindings in units.items():
@@ -88,11 +89,15 @@ class CudaStreamer:
         self.stop = False
         self.thread: Optional[threading.Thread] = None
         self.stats = {"bytes_copied": 0, "hits": 0, "misses": 0}
+        for uid in units:  # until its first forward a streamed module holds no weights (and no host view)
+            self._park(uid)
         self.set_order(order)
 
     # ---- the feeder thread ----------------------------------------------------------
 
     def set_order(self, order: Sequence[int]) -> None:
+        """Feeds units in `order` (cyclic) from now on; the host prefetcher follows the same
+        order, changed while the feeder is stopped so that its waits match."""
         self._stop_thread()
         with self.cond:
             for _, slot in self.ready:
@@ -100,6 +105,9 @@ class CudaStreamer:
             self.ready.clear()
             self.order = [u for u in order if u in self.units]
             self.stop = False
+        host_order = [u for u in self.order if u in self.host_streamed]
+        if host_order:
+            self.host.set_order(host_order)
         if self.order:
             self.thread = threading.Thread(target=self._feed, name="litcore-cuda-feeder", daemon=True)
             self.thread.start()
@@ -113,7 +121,8 @@ class CudaStreamer:
             self.thread = None
 
     def _fill(self, uid: int, slot: int) -> None:
-        if self.host is not None:
+        from_file = uid in self.host_streamed
+        if from_file:
             self.host.wait(uid)
         self.copied[slot].synchronize()  # the previous copy out of this pinned buffer is done
         pinned = self.pinned[slot]
@@ -122,7 +131,7 @@ class CudaStreamer:
             if nbytes:
                 pinned[offset:offset + nbytes].copy_(self.store[key].reshape(-1).view(torch.uint8))
             end = offset + nbytes
-        if self.host is not None:
+        if from_file:
             self.host.done(uid)
         with torch.cuda.stream(self.copy_stream):
             self.copy_stream.wait_event(self.released[slot])  # kernels reading this slot have run
@@ -171,7 +180,10 @@ class CudaStreamer:
                 self.cond.wait(timeout=0.5)
         if slot is None:  # not predicted: copy synchronously on the compute stream
             self.stats["misses"] += 1
-            _bind(self.units[uid], [self.store[k].to(self.device) for _, _, k, _ in self.units[uid]])
+            keys = [k for _, _, k, _ in self.units[uid]]
+            _bind(self.units[uid], [self.store[k].to(self.device) for k in keys])
+            if uid in self.host_streamed:
+                self.store.release(keys)  # read outside the host prefetcher's window: drop it here
             return
         self.stats["hits"] += 1
         torch.cuda.current_stream(self.device).wait_event(self.copied[slot])
@@ -188,13 +200,23 @@ class CudaStreamer:
         if uid not in self.units:
             return
         slot = self.in_use.pop(uid, None)
-        _bind(self.units[uid], [torch.empty(0, dtype=self.store.info(k).dtype, device=self.device)
-                                for _, _, k, _ in self.units[uid]])
+        self._park(uid)
         if slot is not None:
             self.released[slot].record(torch.cuda.current_stream(self.device))
             with self.cond:
                 self.free.append(slot)
                 self.cond.notify_all()
 
+    def _park(self, uid: int) -> None:
+        """Binds empty device tensors: the module's weights exist only during its forward."""
+        _bind(self.units[uid], [torch.empty(0, dtype=self.store.info(k).dtype, device=self.device)
+                                for _, _, k, _ in self.units[uid]])
+
+    def take_stats(self) -> Dict[str, int]:
+        """The figures since the last call (one forward's, when called per forward)."""
+        stats, self.stats = self.stats, {"bytes_copied": 0, "hits": 0, "misses": 0}
+        return stats
+
     def close(self) -> None:
         self._stop_thread()
+        self.copy_stream.synchronize()  # no copy may still write a buffer about to be freed

@@ -14,7 +14,7 @@ from litcore._native import _C
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
-from litcore.residency import BudgetTooSmallError, Plan, Unit, make_plan
+from litcore.residency import BudgetTooSmallError, Plan, Unit, host_plan, make_plan
 from litcore.store import PathLike, Store
 
 __all__ = ["LitModule", "resolve_weights_path"]
@@ -60,6 +60,7 @@ class LitModule:
         self._prefetcher: Optional["_C.Prefetcher"] = None
         self._warmer: Optional["_C.Prefetcher"] = None
         self._cuda = None
+        self._host_plan: Optional[Plan] = None  # device="cuda": what stays in host memory
         self._passes: List[Dict[str, Any]] = []
         self._budget = resolve_budget(memory_budget)
         self._units, self._unit_keys, self._unit_modules = self._make_units(
@@ -118,13 +119,17 @@ class LitModule:
                 if b is not None and b.device.type != "cuda":
                     m._buffers[name] = b.to(device)
         streamed = {i: bindings[i] for i in set(plan.streamed_order)}
+        # Host memory: streamed units that fit `memory_budget` are read once and stay in the
+        # page cache; the rest are read from the file for every forward and dropped after.
+        self._host_plan = host_plan(self._units, plan, self._budget)
+        kept = sorted(i for i in self._host_plan.resident if i in streamed)
+        self._warmer = self._warm(kept, read_mode)
         host = None
-        if streamed:
-            largest = max(self._units[i].nbytes for i in streamed)
-            host = self._make_prefetcher(3 * largest, threads, read_mode)
-            host.set_order(plan.streamed_order)
+        if self._host_plan.streams:
+            host = self._make_prefetcher(self._host_plan.window_bytes, threads, read_mode)
         self._prefetcher = host
-        self._cuda = cuda_streaming.CudaStreamer(device, self.store, streamed, plan.streamed_order, host_prefetcher=host)
+        self._cuda = cuda_streaming.CudaStreamer(device, self.store, streamed, plan.streamed_order, host_prefetcher=host,
+                                                 host_streamed=set(self._host_plan.streamed_order))
         return plan
 
     # ---- construction -------------------------------------------------------------------
@@ -191,17 +196,23 @@ class LitModule:
 
     def _on_pass(self, order: List[int], seconds: float) -> None:
         entry: Dict[str, Any] = {"forward_seconds": seconds}
+        mispredicted = False
         if self._prefetcher is not None:
             s = self._prefetcher.stats()
             self._prefetcher.reset_stats()
             entry.update(bytes_read=s["bytes_read"], prefetch_hits=s["hits"], prefetch_misses=s["misses"],
                          mispredicts=s["mispredicts"], io_wait_seconds=s["wait_seconds"],
                          peak_in_flight_bytes=s["peak_in_flight_bytes"])
-            if not self._recorded or s["mispredicts"]:
-                self._adopt_order(order)
+            mispredicted = s["mispredicts"] > 0
         else:
             entry.update(bytes_read=0, prefetch_hits=0, prefetch_misses=0, mispredicts=0, io_wait_seconds=0.0,
                          peak_in_flight_bytes=0)
+        if self._cuda is not None:  # the host prefetcher follows the feeder: misses show here
+            g = self._cuda.take_stats()
+            entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"])
+            mispredicted = g["misses"] > 0
+        if self._prefetcher is not None and (not self._recorded or mispredicted):
+            self._adopt_order(order)
         entry["resident_bytes"] = self._plan.resident_bytes
         self._passes.append(entry)
         if self.verbose or log.isEnabledFor(logging.INFO):
@@ -219,9 +230,8 @@ class LitModule:
         if not order:
             return
         if self._cuda is not None:  # device residency stays; only the feed order follows
-            if order != self._cuda.order:
+            if [i for i in order if i in self._cuda.units] != self._cuda.order:
                 self._cuda.set_order(order)
-                self._prefetcher.set_order([i for i in order if i in self._cuda.units])
             return
         old = self._plan
         self._ran.update(order)
@@ -247,10 +257,19 @@ class LitModule:
 
     def stats(self) -> Dict[str, Any]:
         """Per-forward IO figures: bytes read from storage, prefetch hits/misses, seconds
-        the forward waited on IO, resident bytes; `last` is the latest forward."""
-        total = {k: sum(p[k] for p in self._passes) for k in ("bytes_read", "prefetch_hits", "prefetch_misses",
-                                                              "mispredicts", "io_wait_seconds", "forward_seconds")}
+        the forward waited on IO, resident bytes; `last` is the latest forward. With
+        device="cuda", resident and streamed bytes are the device's, `host_*` the host's, and
+        each forward adds the bytes copied to the device and the copy stream's hits/misses."""
+        keys = ["bytes_read", "prefetch_hits", "prefetch_misses", "mispredicts", "io_wait_seconds", "forward_seconds"]
+        if self._cuda is not None:
+            keys += ["gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses"]
+        total = {k: sum(p[k] for p in self._passes) for k in keys}
+        host = {}
+        if self._host_plan is not None:
+            host = {"host_resident_bytes": self._host_plan.resident_bytes,
+                    "host_streamed_bytes_per_forward": self._host_plan.streamed_bytes}
         return {
+            **host,
             "forwards": len(self._passes),
             "budget_bytes": self._budget,
             "weight_bytes": self._plan.total_bytes,

@@ -55,3 +55,13 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: 
     resident, streamed, window, resident_bytes, streamed_bytes, budget, total = _C.make_plan(
         [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order), int(budget), set(ran or ()), depth)
     return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, budget, total)
+
+
+def host_plan(units: Sequence[Unit], device_plan: Plan, budget: int) -> Plan:
+    """With device="cuda": which of the units that stream to the device stay in host memory
+    (read from the file once, then copied from the page cache) and which are read from the
+    file on every forward, within the host `budget`. Units resident on the device take no
+    host memory."""
+    on_host = set(device_plan.streamed_order)
+    host_units = [u if i in on_host else Unit(u.name, 0, False) for i, u in enumerate(units)]
+    return make_plan(host_units, device_plan.streamed_order, budget)

@@ -40,18 +40,20 @@ def bert_config(**overrides):
     return BertConfig(**args)
 
 
-def _seeded_tensor(name: str, shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+def _seeded_tensor(name: str, shape, dtype: torch.dtype, seed: int, device: str = "cpu") -> torch.Tensor:
+    g = torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
     if name.endswith("norm.weight") or "LayerNorm.weight" in name or name.endswith("ln_f.weight"):
         return torch.ones(shape, dtype=dtype)
     if name.endswith(".bias"):
         return torch.zeros(shape, dtype=dtype)
-    return (torch.randn(shape, generator=g) * 0.02).to(dtype)
+    return (torch.randn(shape, generator=g, device=device) * 0.02).to(dtype).cpu()
 
 
-def make_model_dir(path: str, config, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> str:
+def make_model_dir(path: str, config, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                   device: str = "cpu") -> str:
     """Writes `config` and seeded weights as a transformers model directory
-    (config.json + model.safetensors), tensor by tensor; returns `path`."""
+    (config.json + model.safetensors), tensor by tensor; returns `path`. `device` draws the
+    random numbers (a GPU makes a 7B model in seconds; its numbers differ from the CPU's)."""
     from safetensors.torch import save_file
     from transformers import AutoModel
 
@@ -70,7 +72,7 @@ def make_model_dir(path: str, config, *, dtype: torch.dtype = torch.bfloat16, se
             continue
         seen[id(t)] = name
         target = dtype if t.dtype.is_floating_point else t.dtype
-        tensors[name] = t.detach().clone() if t.device.type != "meta" else _seeded_tensor(name, t.shape, target, seed)
+        tensors[name] = t.detach().clone() if t.device.type != "meta" else _seeded_tensor(name, t.shape, target, seed, device)
     config.torch_dtype = dtype
     config.save_pretrained(path)
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -74,7 +74,7 @@ with torch.no_grad():
 if system == "litcore":
     last = model.stats()["last"]
     extra = {"gpu_bytes_copied": last["gpu_bytes_copied"], "gpu_prefetch_hits": last["gpu_prefetch_hits"],
-             "gpu_prefetch_misses": last["gpu_prefetch_misses"], "bytes_read": last["bytes_read"],
+             "gpu_prefetch_misses": last["gpu_prefetch_misses"], "gpu_mispredicts": last["gpu_mispredicts"], "bytes_read": last["bytes_read"],
              "gpu_resident_bytes": model.plan.resident_bytes,
              "host_resident_bytes": model.stats().get("host_resident_bytes", 0)}
 print("RESULT " + json.dumps(dict(ready_s=ready, first_s=times[0], forward_s=min(times[1:]), s_per_token=gen / tokens,

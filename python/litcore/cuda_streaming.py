@@ -88,7 +88,7 @@ class CudaStreamer:
         self.order: List[int] = []
         self.stop = False
         self.thread: Optional[threading.Thread] = None
-        self.stats = {"bytes_copied": 0, "hits": 0, "misses": 0}
+        self.stats = {"bytes_copied": 0, "hits": 0, "misses": 0, "mispredicts": 0}
         for uid in units:  # until its first forward a streamed module holds no weights (and no host view)
             self._park(uid)
         self.set_order(order)
@@ -172,6 +172,7 @@ class CudaStreamer:
                     # Entries fed for units that did not run (a wrong guess) give their slot back.
                     for _ in range(position):
                         self.free.append(self.ready.popleft()[1])
+                    self.stats["mispredicts"] += position
                     slot = self.ready.popleft()[1]
                     self.cond.notify_all()
                     break
@@ -214,7 +215,7 @@ class CudaStreamer:
 
     def take_stats(self) -> Dict[str, int]:
         """The figures since the last call (one forward's, when called per forward)."""
-        stats, self.stats = self.stats, {"bytes_copied": 0, "hits": 0, "misses": 0}
+        stats, self.stats = self.stats, {"bytes_copied": 0, "hits": 0, "misses": 0, "mispredicts": 0}
         return stats
 
     def close(self) -> None:

@@ -209,9 +209,11 @@ class LitModule:
                          peak_in_flight_bytes=0)
         if self._cuda is not None:  # the host prefetcher follows the feeder: misses show here
             g = self._cuda.take_stats()
-            entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"])
-            mispredicted = g["misses"] > 0
-        if self._prefetcher is not None and (not self._recorded or mispredicted):
+            entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"],
+                         gpu_mispredicts=g["mispredicts"])
+            mispredicted = g["misses"] + g["mispredicts"] > 0
+        streaming = self._prefetcher is not None or self._cuda is not None
+        if streaming and (not self._recorded or mispredicted):
             self._adopt_order(order)
         entry["resident_bytes"] = self._plan.resident_bytes
         self._passes.append(entry)
@@ -262,7 +264,7 @@ class LitModule:
         each forward adds the bytes copied to the device and the copy stream's hits/misses."""
         keys = ["bytes_read", "prefetch_hits", "prefetch_misses", "mispredicts", "io_wait_seconds", "forward_seconds"]
         if self._cuda is not None:
-            keys += ["gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses"]
+            keys += ["gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses", "gpu_mispredicts"]
         total = {k: sum(p[k] for p in self._passes) for k in keys}
         host = {}
         if self._host_plan is not None:

@@ -3,7 +3,7 @@ import pytest
 
 import litcore
 from litcore.budget import auto_budget, parse_size, resolve_budget
-from litcore.residency import BudgetTooSmallError, Unit, host_plan, make_plan
+from litcore.residency import BudgetTooSmallError, Unit, device_plan, host_plan, make_plan
 from conftest import run_python
 
 
@@ -123,3 +123,22 @@ def test_host_plan_for_a_device_keeps_what_fits_in_host_memory():
     assert tight.resident_bytes + tight.window_bytes <= 350
     with pytest.raises(litcore.BudgetTooSmallError, match="layer"):
         host_plan(units, device, 50)
+
+
+def test_device_plan_counts_the_copy_ring_in_the_budget():
+    units = [Unit(f"attn{i}", 60, True) if i % 2 == 0 else Unit(f"mlp{i}", 150, True) for i in range(16)]
+    units += [Unit("head", 300, True), Unit("shared", 50, False)]
+    order = list(range(18))
+    # the plain plan's window (2 of the largest + ...) is smaller than a ring of 3 slots:
+    # planned alone, resident weights and the ring would overrun the budget
+    plain = make_plan(units, order, 1500, depth=3)
+    assert plain.resident_bytes + 3 * (max(units[i].nbytes for i in plain.streamed_order) + 16) > 1500
+    plan = device_plan(units, order, 1500, slots=3, slot_overhead=16)
+    largest = max(units[i].nbytes for i in plan.streamed_order)
+    assert plan.window_bytes == 3 * (largest + 16)  # the ring is the window
+    assert plan.resident_bytes + plan.window_bytes <= 1500
+    assert 17 in plan.resident  # shared weights are never streamed
+    whole = device_plan(units, order, 10_000)
+    assert not whole.streams and whole.window_bytes == 0
+    with pytest.raises(litcore.BudgetTooSmallError, match="gpu_memory_budget .* 'head'"):
+        device_plan(units, order, 400)

@@ -21,6 +21,7 @@ from torch import nn
 from litcore.store import Store
 
 _ALIGN = 256  # device pointers aligned for every dtype and vectorised kernels
+RING_SLOTS = 3  # one being read by kernels, one being copied, one being filled on the host
 
 Binding = Tuple[nn.Module, str, str, bool]  # module, attribute, file key, is_parameter
 
@@ -59,7 +60,7 @@ class CudaStreamer:
     """The pinned ring, copy stream and events for streamed units (see the module doc)."""
 
     def __init__(self, device: torch.device, store: Store, units: Dict[int, List[Binding]], order: Sequence[int],
-                 host_prefetcher=None, host_streamed: Set[int] = frozenset(), slots: int = 3) -> None:
+                 host_prefetcher=None, host_streamed: Set[int] = frozenset(), slots: int = RING_SLOTS) -> None:
         self.device = device
         self.store = store
         self.units = units

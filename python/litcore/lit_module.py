@@ -14,7 +14,7 @@ from litcore._native import _C
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
-from litcore.residency import BudgetTooSmallError, Plan, Unit, host_plan, make_plan
+from litcore.residency import BudgetTooSmallError, Plan, Unit, device_plan, host_plan, make_plan
 from litcore.store import PathLike, Store
 
 __all__ = ["LitModule", "resolve_weights_path"]
@@ -108,7 +108,7 @@ class LitModule:
         self.device = device
         gpu_budget = (cuda_streaming.gpu_auto_budget(device) if gpu_memory_budget in (None, "auto")
                       else resolve_budget(gpu_memory_budget))
-        plan = make_plan(self._units, self._order, gpu_budget)
+        plan = device_plan(self._units, self._order, gpu_budget, slots=cuda_streaming.RING_SLOTS)
         bindings = {i: [(self._unit_modules[i], attr, key, is_param) for attr, key, is_param in slot.bindings]
                     for i, slot in enumerate(self._binding.slots)}
         resident = [b for i in sorted(plan.resident) for b in bindings[i]]

@@ -211,7 +211,7 @@ class LitModule:
             g = self._cuda.take_stats()
             entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"],
                          gpu_mispredicts=g["mispredicts"])
-            mispredicted = g["misses"] + g["mispredicts"] > 0
+            mispredicted = mispredicted or g["misses"] + g["mispredicts"] > 0
         streaming = self._prefetcher is not None or self._cuda is not None
         if streaming and (not self._recorded or mispredicted):
             self._adopt_order(order)

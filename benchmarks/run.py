@@ -73,11 +73,11 @@ def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
 
 
 def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
-            steady: int, new_tokens: int) -> Dict:
+            steady: int, new_tokens: int, budget: str = "auto") -> Dict:
     logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
     cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--system", system, "--model-dir", paths["model_dir"],
            "--lit", paths["lit"], "--pytorch-lit-dir", paths["pytorch_lit_dir"], "--offload", paths["offload"],
-           "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits]
+           "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits, "--budget", budget]
     env = dict(os.environ)
     if system == "pytorch-lit":
         env["PYTHONPATH"] = pl_path
@@ -92,6 +92,21 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
     else:
         row["error"] = "killed (out of memory)" if outcome.oom_killed else (outcome.stderr.strip().splitlines() or ["failed"])[-1][-200:]
     return row
+
+
+def disk_bandwidth(paths: Dict[str, str], nbytes: int, limit: Optional[int], probes: int = 2) -> List[float]:
+    """The weight file's read speed the way litcore streams it, in the same memory limit, just
+    after litcore ran (the shared disk drifts over minutes): bytes/s, one per probe."""
+    speeds = []
+    for _ in range(probes):
+        cgroup.evict([paths["lit"]])
+        outcome = cgroup.run([sys.executable, os.path.join(HERE, "disk_probe.py"), paths["lit"], str(nbytes)], limit)
+        line = next((l for l in outcome.stdout.splitlines() if l.startswith("BANDWIDTH ")), None)
+        if line is None:
+            print(f"disk probe failed: {outcome.stderr.strip()[-300:]}")
+            return []
+        speeds.append(float(line.split()[1]))
+    return speeds
 
 
 def compare_exactness(rows: List[Dict]) -> None:
@@ -113,6 +128,7 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")
     parser.add_argument("--cache", default=".cache/bench")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--docs", default="docs/benchmarks.md")
@@ -140,7 +156,9 @@ def main() -> None:
     for limit_text in args.limits.split(","):
         limit = parse_limit(limit_text)
         for system in systems:
-            row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens)
+            row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget)
+            if system == "litcore" and limit and row.get("streamed_bytes_per_forward"):
+                row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
             rows.append(row)
             print(report.one_line(row), flush=True)
     compare_exactness(rows)
@@ -152,6 +170,9 @@ def main() -> None:
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     table = report.table(rows, meta)
+    floors = report.floor_table(rows)
+    if floors:
+        table += "\n\n" + floors
     print("\n" + table)
     report.chart(rows, meta, os.path.join(args.out, "chart.png"))
     if not args.no_docs:

@@ -28,7 +28,9 @@ def load(system: str, args):
     if system == "litcore":
         import litcore
 
-        return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto").module
+        # The LitModule itself, as users call it: it learns the execution order on the first
+        # forward and keeps the per-forward figures (its bare .module runs on the first plan).
+        return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto")
     from transformers import AutoConfig, LlamaForCausalLM
 
     if system == "in-memory":
@@ -115,6 +117,11 @@ def main() -> None:
     gen = time.perf_counter() - t0
     result = {"ready_s": ready, "first_forward_s": first, "steady_forward_s": statistics.median(steady),
               "generate_tok_s": (out.shape[1] - prompt.shape[1]) / gen, "tokens": out[0].tolist()}
+    if args.system == "litcore":
+        stats = model.stats()
+        result.update(streamed_bytes_per_forward=stats["streamed_bytes_per_forward"],
+                      resident_bytes=stats["resident_bytes"], last_token_bytes_read=stats["last"]["bytes_read"],
+                      last_token_io_wait_s=stats["last"]["io_wait_seconds"])
     print("RESULT " + json.dumps(result), flush=True)
 
 

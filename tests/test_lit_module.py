@@ -1,6 +1,7 @@
 """LitModule on plain nn.Modules: bit-exact outputs, every budget, mismatches, lifetime."""
 import gc
 import os
+import time
 import warnings
 
 import pytest
@@ -40,6 +41,21 @@ def test_awkward_model_is_bit_exact(awkward_file, budget):
     assert stats["forwards"] == 4
     if budget is not None:
         assert stats["last"]["bytes_read"] > 0 and stats["streamed_bytes_per_forward"] > 0
+
+
+def test_warmer_reads_residents_until_the_first_forward(awkward_file):
+    ref, path = awkward_file
+    lit = litcore.LitModule.from_params(path, Awkward)
+    warmer = lit._warmer
+    assert warmer is not None  # reading the resident weights in while the model waits
+    deadline = time.time() + 10
+    while warmer.stats()["bytes_read"] < lit.plan.resident_bytes and time.time() < deadline:
+        time.sleep(0.01)
+    assert warmer.stats()["bytes_read"] >= lit.plan.resident_bytes  # ranges span alignment padding
+    with torch.no_grad():
+        want = ref(_ids())
+    assert torch.equal(lit(_ids()), want)
+    assert lit._warmer is None  # a forward reads for itself: no second reader beside it
 
 
 def test_streaming_after_warmup_prefetches(awkward_file):

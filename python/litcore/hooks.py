@@ -14,10 +14,12 @@ class PassRecorder:
     """Records which streamed units run, in order, during each forward of the root module,
     and hands that order and the forward's duration to `on_pass`."""
 
-    def __init__(self, on_pass: Callable[[List[int], float], None]) -> None:
+    def __init__(self, on_pass: Callable[[List[int], float], None],
+                 on_start: Optional[Callable[[], None]] = None) -> None:
         # A weak reference: the module holds the hooks, the hooks hold this recorder; a
         # strong reference back to the LitModule would make a cycle that only gc frees.
         self.on_pass = weakref.WeakMethod(on_pass)
+        self.on_start = weakref.WeakMethod(on_start) if on_start is not None else None
         self.order: List[int] = []
         self.depth = 0
         self.started = 0.0
@@ -26,6 +28,9 @@ class PassRecorder:
         if self.depth == 0:
             self.order = []
             self.started = time.perf_counter()
+            callback = self.on_start() if self.on_start is not None else None
+            if callback is not None:
+                callback()
         self.depth += 1
 
     def end(self) -> None:

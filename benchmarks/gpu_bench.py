@@ -23,13 +23,12 @@ from typing import Dict, List, Optional
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from run import export_pytorch_lit, pytorch_lit_path  # noqa: E402
+
 SYSTEMS = ["gpu-resident", "litcore", "accelerate", "pytorch-lit"]
-SIZES = {
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-               num_key_value_heads=4),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32),
-}
+SIZES = ["1b", "7b"]  # litcore.synthetic.LLAMA_SIZES
 
 # Runs one system in a fresh process; prints one RESULT line. Timings exclude imports.
 WORKER = r"""
@@ -96,25 +95,16 @@ def pinned_h2d_bandwidth() -> float:
     return 5 * host.numel() / (time.perf_counter() - t0)
 
 
-def pytorch_lit_path(cache: str) -> Optional[str]:
-    sys.path.insert(0, HERE)
-    from run import pytorch_lit_path as find
-
-    return find(cache)
-
-
 def prepare(size: str, layers: Optional[int], cache: str, want_pytorch_lit: bool) -> Dict[str, str]:
     """The fp16 model directory (weights drawn on the GPU), its litcore file and PyTorch-LIT's export."""
     import litcore
     from litcore import synthetic
 
-    shape = dict(SIZES[size], vocab_size=32000)
-    if layers:
-        shape["num_hidden_layers"] = layers
-    model_dir = os.path.join(cache, f"llama-{size}-{shape['num_hidden_layers']}l-fp16")
+    config = synthetic.llama_config(size, **({"num_hidden_layers": layers} if layers else {}))
+    model_dir = os.path.join(cache, f"llama-{size}-{config.num_hidden_layers}l-fp16")
     if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
         t0 = time.perf_counter()
-        synthetic.make_model_dir(model_dir, synthetic.llama_config("tiny", **shape), dtype=torch.float16, device="cuda")
+        synthetic.make_model_dir(model_dir, config, dtype=torch.float16, device="cuda")
         print(f"made {model_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     if not os.path.exists(os.path.join(model_dir, "model.lit")):
         litcore.from_pretrained(model_dir, progress=False).close()
@@ -122,8 +112,6 @@ def prepare(size: str, layers: Optional[int], cache: str, want_pytorch_lit: bool
     if want_pytorch_lit:
         pl = pytorch_lit_path(cache)
         if pl:
-            from run import export_pytorch_lit
-
             export_pytorch_lit(paths, pl)
             paths["pl_path"] = pl
     return paths
@@ -161,7 +149,7 @@ def table(rows: List[Dict], floor: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="7b", choices=list(SIZES))
+    parser.add_argument("--size", default="7b", choices=SIZES)
     parser.add_argument("--layers", type=int, help="decoder layers (default: the size's own)")
     parser.add_argument("--gpu-budget", default="4GiB")
     parser.add_argument("--tokens", type=int, default=8, help="new tokens to generate")

@@ -89,7 +89,7 @@ class CudaStreamer:
         self.order: List[int] = []
         self.stop = False
         self.thread: Optional[threading.Thread] = None
-        self.stats = {"bytes_copied": 0, "hits": 0, "misses": 0, "mispredicts": 0}
+        self.stats = self._no_stats()
         for uid in units:  # until its first forward a streamed module holds no weights (and no host view)
             self._park(uid)
         self.set_order(order)
@@ -216,8 +216,12 @@ class CudaStreamer:
 
     def take_stats(self) -> Dict[str, int]:
         """The figures since the last call (one forward's, when called per forward)."""
-        stats, self.stats = self.stats, {"bytes_copied": 0, "hits": 0, "misses": 0, "mispredicts": 0}
+        stats, self.stats = self.stats, self._no_stats()
         return stats
+
+    @staticmethod
+    def _no_stats() -> Dict[str, int]:
+        return {"bytes_copied": 0, "hits": 0, "misses": 0, "mispredicts": 0}
 
     def close(self) -> None:
         self._stop_thread()

@@ -67,7 +67,6 @@ def host_plan(units: Sequence[Unit], device_plan: Plan, budget: int) -> Plan:
     return make_plan(host_units, device_plan.streamed_order, budget)
 
 
-
 def device_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, slots: int = 3,
                 slot_overhead: int = 4096) -> Plan:
     """With device="cuda": the residency plan on the device. Streamed weights pass through a

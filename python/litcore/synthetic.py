@@ -10,7 +10,7 @@ import torch
 
 __all__ = ["LLAMA_SIZES", "llama_config", "bert_config", "make_model_dir"]
 
-# name -> LlamaConfig arguments. "1b" is the 1.1B shape of shared/anchors.md.
+# name -> LlamaConfig arguments. "1b" is the 1.1B shape of shared/anchors.md; "7b" is Llama-2-7B's.
 LLAMA_SIZES: Dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=512),
@@ -18,6 +18,8 @@ LLAMA_SIZES: Dict[str, dict] = {
                   num_key_value_heads=4, vocab_size=32000),
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4, vocab_size=32000),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000),
 }
 
 

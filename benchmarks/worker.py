@@ -120,7 +120,8 @@ def main() -> None:
     if args.system == "litcore":
         stats = model.stats()
         result.update(streamed_bytes_per_forward=stats["streamed_bytes_per_forward"],
-                      resident_bytes=stats["resident_bytes"], last_token_bytes_read=stats["last"]["bytes_read"],
+                      resident_bytes=stats["resident_bytes"], streamed_runs=stats["streamed_runs"],
+                      last_token_bytes_read=stats["last"]["bytes_read"],
                       last_token_io_wait_s=stats["last"]["io_wait_seconds"])
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -316,3 +316,32 @@ def test_top_level_parameter_only_model(tmp):
     lit = litcore.LitModule.from_params(tmp / "t.lit", Tiny)
     x = torch.randn(2, 4)
     assert torch.equal(lit(x), ref(x).detach())
+
+
+def test_a_spread_layout_is_bit_exact_and_adopted_cleanly(tmp):
+    """The layout a compute-bound forward makes the planner choose (several streamed runs):
+    adopted between forwards, outputs unchanged, and the forward after it reads the new plan."""
+    from litcore.residency import PassRates, make_plan
+
+    def build():
+        return nn.Sequential(*[nn.Linear(1024, 1024, bias=False) for _ in range(16)])  # 4 MiB units
+
+    torch.manual_seed(0)
+    ref = build().eval()
+    litcore.save(ref.state_dict(), tmp / "s.lit")
+    lit = litcore.LitModule.from_params(tmp / "s.lit", build, memory_budget="52MiB")
+    x = torch.randn(4, 1024)
+    with torch.no_grad():
+        want = ref(x)
+    assert torch.equal(lit(x), want) and lit.plan.runs == 1
+    unit = 4 << 20
+    rates = PassRates(compute_seconds_per_byte=6e-3 / unit, read_seconds_per_byte=10e-3 / unit, seek_seconds=1e-3)
+    plan = make_plan(lit._units, lit._order, lit._budget, ran=lit._ran, rates=rates, current_runs=1)
+    assert plan.runs > 1 and plan.resident_bytes + plan.window_bytes <= lit._budget
+    lit._switch_plan(plan)
+    for _ in range(4):
+        assert torch.equal(lit(x), want)
+    after = lit.stats()["per_forward"][1]  # the forward after the switch runs the new plan (it is not re-planned)
+    assert after["streamed_runs"] == plan.runs and after["mispredicts"] == 0
+    assert after["bytes_read"] >= plan.streamed_bytes - plan.window_bytes
+    assert lit._rates is not None  # measured on the later forwards

@@ -168,19 +168,37 @@ PYBIND11_MODULE(_C, m) {
         d["misses"] = s.misses;
         d["mispredicts"] = s.mispredicts;
         d["wait_seconds"] = s.wait_seconds;
+        d["read_seconds"] = s.read_seconds;
+        d["seek_reads"] = s.seek_reads;
+        d["seek_read_bytes"] = s.seek_read_bytes;
+        d["seek_read_seconds"] = s.seek_read_seconds;
         d["in_flight_bytes"] = s.in_flight_bytes;
         d["peak_in_flight_bytes"] = s.peak_in_flight_bytes;
         return d;
       });
 
   m.def("make_plan", [](const std::vector<std::tuple<std::string, uint64_t, bool, bool>>& units,
-                        const std::vector<int>& order, uint64_t budget, const std::set<int>& ran, int depth) {
+                        const std::vector<int>& order, uint64_t budget, const std::set<int>& ran, int depth,
+                        const std::tuple<double, double, double>& rates, int current_runs) {
     std::vector<Unit> us;
     for (const auto& [name, nbytes, streamable, on_demand] : units) us.push_back({name, nbytes, streamable, on_demand});
-    Plan p = make_plan(us, order, budget, ran, depth);
+    PassRates r{std::get<0>(rates), std::get<1>(rates), std::get<2>(rates)};
+    Plan p = make_plan(us, order, budget, ran, depth, r, current_runs);
     return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes, p.budget,
-                          p.total_bytes);
-  }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3);
+                          p.total_bytes, p.runs, p.modeled_seconds);
+  }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3,
+     py::arg("rates") = std::make_tuple(0.0, 0.0, 0.0), py::arg("current_runs") = 1);
+  m.def("model_pass_seconds", [](const std::vector<std::tuple<std::string, uint64_t, bool, bool>>& units,
+                                 const std::vector<int>& order, const std::set<int>& streamed, uint64_t window_bytes,
+                                 const std::tuple<double, double, double>& rates) {
+    std::vector<Unit> us;
+    for (const auto& [name, nbytes, streamable, on_demand] : units) us.push_back({name, nbytes, streamable, on_demand});
+    for (int i : order) {
+      if (i < 0 || static_cast<size_t>(i) >= us.size()) throw std::out_of_range("litcore: unit " + std::to_string(i) + " out of range");
+    }
+    return model_pass_seconds(us, order, streamed, window_bytes,
+                              PassRates{std::get<0>(rates), std::get<1>(rates), std::get<2>(rates)});
+  });
   m.def("auto_budget", &auto_budget);
   m.def("cgroup_limit", &cgroup_limit);
 

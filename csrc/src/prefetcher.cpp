@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -14,6 +15,9 @@ using Clock = std::chrono::steady_clock;
 // at once, predictions kept) rather than skipped positions (released). A transformer layer
 // registers its ~10 modules in another order than it runs them.
 constexpr size_t kReorderSpan = 16;
+
+// A read starting this little past where the last one ended still rides its readahead.
+constexpr uint64_t kContinuousSpan = 1ull << 20;
 
 }  // namespace
 
@@ -114,11 +118,28 @@ void Prefetcher::load_unlocked(int group, std::unique_lock<std::mutex>& lock) {
   state_[group] = State::Loading;
   in_flight_ += cost_[group];
   stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
+  uint64_t first = UINT64_MAX, end = 0;
+  for (const auto& r : groups_[group]) {
+    first = std::min(first, r.offset);
+    end = std::max(end, r.offset + r.length);
+  }
+  bool continues = first >= last_read_end_ && first - last_read_end_ <= kContinuousSpan;
+  if (cost_[group] > 0) last_read_end_ = end;
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
+  auto start = Clock::now();
   load(group);
+  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   lock.lock();
   state_[group] = State::Ready;
   stats_.bytes_read += cost_[group];
+  if (cost_[group] > 0) {
+    stats_.read_seconds += seconds;
+    if (!continues) {
+      ++stats_.seek_reads;
+      stats_.seek_read_bytes += cost_[group];
+      stats_.seek_read_seconds += seconds;
+    }
+  }
   ready_cv_.notify_all();
 }
 

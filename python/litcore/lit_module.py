@@ -14,7 +14,8 @@ from litcore._native import _C
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
-from litcore.residency import BudgetTooSmallError, Plan, Unit, device_plan, host_plan, make_plan
+from litcore.residency import (BudgetTooSmallError, PassRates, Plan, Unit, device_plan, host_plan, make_plan,
+                               measure_rates)
 from litcore.store import PathLike, Store
 
 __all__ = ["LitModule", "resolve_weights_path"]
@@ -68,6 +69,8 @@ class LitModule:
         self._order = list(range(len(self._units)))  # registration order until a forward is seen
         self._recorded = False
         self._ran: set = set()
+        self._rates: Optional[PassRates] = None
+        self._settling = False  # the forward after a plan change reads the new residents: not measured
         recorder = hooks.PassRecorder(self._on_pass, self._on_start)
         if self.device.type == "cuda":
             self._plan = self._setup_cuda(gpu_memory_budget, threads, read_mode)
@@ -213,6 +216,8 @@ class LitModule:
                          mispredicts=s["mispredicts"], io_wait_seconds=s["wait_seconds"],
                          peak_in_flight_bytes=s["peak_in_flight_bytes"])
             mispredicted = s["mispredicts"] > 0
+            if self._recorded and not mispredicted and self._cuda is None:
+                self._relayout(order, seconds, s)
         else:
             entry.update(bytes_read=0, prefetch_hits=0, prefetch_misses=0, mispredicts=0, io_wait_seconds=0.0,
                          peak_in_flight_bytes=0)
@@ -225,6 +230,7 @@ class LitModule:
         if streaming and (not self._recorded or mispredicted):
             self._adopt_order(order)
         entry["resident_bytes"] = self._plan.resident_bytes
+        entry["streamed_runs"] = self._plan.runs
         self._passes.append(entry)
         if self.verbose or log.isEnabledFor(logging.INFO):
             msg = (f"litcore: forward {len(self._passes)}: {seconds:.3f} s, read {entry['bytes_read'] / 2**20:.0f} MiB, "
@@ -247,18 +253,45 @@ class LitModule:
         old = self._plan
         self._ran.update(order)
         try:
-            plan = make_plan(self._units, order, self._budget, ran=self._ran)
+            plan = make_plan(self._units, order, self._budget, ran=self._ran, rates=self._rates,
+                             current_runs=self._plan.runs)
         except BudgetTooSmallError as exc:
             warnings.warn(f"{exc}; keeping the plan made before the first forward", stacklevel=2)
             return
         self._order = list(order)
+        self._switch_plan(plan)
+
+    def _relayout(self, order: List[int], seconds: float, prefetch_stats: Dict[str, Any]) -> None:
+        """Measures this forward's compute and read rates and lets the planner choose how to
+        lay out what streams: one run when reading is the bottleneck, several spread along
+        the order when compute is and one run's read would not hide under it."""
+        if self._settling:
+            self._settling = False
+            return
+        self._rates = measure_rates(self._units, order, seconds, prefetch_stats, self._rates)
+        if self._rates is None or order != self._order:
+            return
+        try:
+            plan = make_plan(self._units, self._order, self._budget, ran=self._ran, rates=self._rates,
+                             current_runs=self._plan.runs)
+        except BudgetTooSmallError:
+            return
+        self._switch_plan(plan)
+
+    def _switch_plan(self, plan: Plan) -> None:
+        old = self._plan
         if plan.resident == old.resident and plan.streamed_order == old.streamed_order:
+            self._plan = plan  # the same layout, newer figures
             return
         self._plan = plan
+        self._settling = True
         self._prefetcher.set_order(plan.streamed_order)
         newly_streamed = set(plan.streamed_order) - set(old.streamed_order)
         if newly_streamed:
             self.store.release([k for i in newly_streamed for k in self._unit_keys[i]])
+        log.info("litcore: plan: %d streamed run(s), %.0f MiB resident, %.0f MiB streamed per forward%s", plan.runs,
+                 plan.resident_bytes / 2**20, plan.streamed_bytes / 2**20,
+                 f", modeled {plan.modeled_seconds:.3f} s per forward" if plan.modeled_seconds else "")
 
     # ---- introspection and lifetime -----------------------------------------------------
 
@@ -287,6 +320,7 @@ class LitModule:
             "resident_bytes": self._plan.resident_bytes,
             "streamed_bytes_per_forward": self._plan.streamed_bytes,
             "window_bytes": self._plan.window_bytes,
+            "streamed_runs": self._plan.runs,
             "last": dict(self._passes[-1]) if self._passes else None,
             "per_forward": [dict(p) for p in self._passes],
             "total": total,

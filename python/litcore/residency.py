@@ -6,7 +6,10 @@ when the model exceeds memory). Instead a fixed set stays resident — a prefix 
 the execution order, plus the largest units when that shrinks the window enough — and the
 rest streams through a small window. What streams is then one run of the execution order,
 which litcore files store contiguously: one sequential read per forward, at the speed of the
-kernel's readahead (gaps measured 2-3x slower). Embeddings are read by row lookup, so they
+kernel's readahead (gaps measured 2-3x slower). When a forward is compute-bound, one run
+cannot hide its read (the reader stays only a window ahead); given rates measured on earlier
+forwards (`PassRates`), the planner also models 2-8 runs spread along the order and keeps the
+fastest layout (csrc/src/pass_model.cpp). Embeddings are read by row lookup, so they
 are never read ahead: their touched pages fault in and leave after use. The planner is
 native (csrc/src/residency.cpp), shared with TorchScript programs and C++ applications.
 """
@@ -32,6 +35,15 @@ class Unit:
     on_demand: bool = False  # read by row lookup (an embedding): never read ahead
 
 
+@dataclass(frozen=True)
+class PassRates:
+    """What the pass model needs, measured on a forward (LitModule measures it)."""
+
+    compute_seconds_per_byte: float  # forward time outside IO waits, per weight byte used
+    read_seconds_per_byte: float     # the reader along a contiguous range
+    seek_seconds: float              # extra time of a read that does not continue the last one
+
+
 @dataclass
 class Plan:
     resident: Set[int]          # unit indices kept in memory
@@ -41,6 +53,8 @@ class Plan:
     streamed_bytes: int         # bytes read ahead per forward (on-demand units: only what they touch)
     budget: int
     total_bytes: int
+    runs: int = 0                 # separate runs the streamed units form along the order
+    modeled_seconds: float = 0.0  # the pass model's forward time (0: no rates given)
 
     @property
     def streams(self) -> bool:
@@ -48,13 +62,46 @@ class Plan:
 
 
 def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: Optional[Set[int]] = None,
-              depth: int = 3) -> Plan:
+              depth: int = 3, rates: Optional[PassRates] = None, current_runs: int = 1) -> Plan:
     """Plans residency for `units` run in `order` (unit indices; repeats allowed) under
     `budget` bytes; `ran` is every unit ever seen running (default: those in `order`).
+    With `rates`, what streams may be spread in several runs when the pass model predicts
+    it faster; a layout other than `current_runs` runs must win by 5%.
     Raises BudgetTooSmallError naming the module that cannot fit."""
-    resident, streamed, window, resident_bytes, streamed_bytes, budget, total = _C.make_plan(
-        [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order), int(budget), set(ran or ()), depth)
-    return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, budget, total)
+    r = (rates.compute_seconds_per_byte, rates.read_seconds_per_byte, rates.seek_seconds) if rates else (0.0, 0.0, 0.0)
+    resident, streamed, window, resident_bytes, streamed_bytes, budget, total, runs, modeled = _C.make_plan(
+        [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order), int(budget), set(ran or ()), depth,
+        r, current_runs)
+    return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, budget, total, runs, modeled)
+
+
+def model_pass_seconds(units: Sequence[Unit], order: Sequence[int], plan: Plan, rates: PassRates) -> float:
+    """The pass model's steady forward time for `plan` (csrc/include/litcore/pass_model.h)."""
+    return _C.model_pass_seconds([(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order),
+                                 set(plan.streamed_order), plan.window_bytes,
+                                 (rates.compute_seconds_per_byte, rates.read_seconds_per_byte, rates.seek_seconds))
+
+
+def measure_rates(units: Sequence[Unit], order: Sequence[int], forward_seconds: float, prefetch_stats: dict,
+                  previous: Optional[PassRates] = None, *, min_read_bytes: int = 16 << 20) -> Optional[PassRates]:
+    """The pass model's rates from one forward: its time outside IO waits over the weight
+    bytes it used, and the prefetcher's read times (`Prefetcher.stats()`). What the forward
+    read too little to tell is taken from `previous`; None when nothing is known yet."""
+    used = sum(units[i].nbytes for i in order if not units[i].on_demand)
+    compute = max(forward_seconds - prefetch_stats["wait_seconds"], 0.0)
+    s = prefetch_stats
+    read_bytes, read_seconds = s["bytes_read"] - s["seek_read_bytes"], s["read_seconds"] - s["seek_read_seconds"]
+    read = previous.read_seconds_per_byte if previous else 0.0
+    if read_bytes >= min_read_bytes:
+        read = read_seconds / read_bytes
+    elif s["bytes_read"] >= min_read_bytes:
+        read = s["read_seconds"] / s["bytes_read"]
+    seek = previous.seek_seconds if previous else 0.0
+    if s["seek_reads"] and read:
+        seek = max(s["seek_read_seconds"] - s["seek_read_bytes"] * read, 0.0) / s["seek_reads"]
+    if not used or not compute or not read:
+        return previous
+    return PassRates(compute / used, read, seek)
 
 
 def host_plan(units: Sequence[Unit], device_plan: Plan, budget: int) -> Plan:
@@ -84,7 +131,7 @@ def device_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, slo
         over = plan.resident_bytes + ring - budget
         if over <= 0:
             return Plan(plan.resident, plan.streamed_order, ring, plan.resident_bytes, plan.streamed_bytes, budget,
-                        plan.total_bytes)
+                        plan.total_bytes, plan.runs)
         room -= over
         if room <= 0:
             break

@@ -8,6 +8,7 @@
 #include "litcore/format.h"
 #include "litcore/mapping.h"
 #include "litcore/module_loader.h"
+#include "litcore/pass_model.h"
 #include "litcore/prefetcher.h"
 #include "litcore/residency.h"
 #include "litcore/script_store.h"

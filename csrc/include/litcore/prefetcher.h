@@ -26,6 +26,11 @@ struct PrefetchStats {
   uint64_t misses = 0;        // wait() had to wait for, or do, the read
   uint64_t mispredicts = 0;   // wait() for a group other than the predicted next one
   double wait_seconds = 0;    // time wait() blocked the caller
+  double read_seconds = 0;    // time spent reading groups (on the workers or in wait())
+  // Reads that did not continue the previous one (the planner's seek cost comes from these).
+  uint64_t seek_reads = 0;
+  uint64_t seek_read_bytes = 0;
+  double seek_read_seconds = 0;
   uint64_t in_flight_bytes = 0;
   uint64_t peak_in_flight_bytes = 0;
 };
@@ -104,6 +109,7 @@ class Prefetcher {
   size_t cursor_ = 0;    // next position the workers will consider
   size_t ahead_ = 0;     // positions between expected_ and cursor_
   uint64_t in_flight_ = 0;
+  uint64_t last_read_end_ = 0;  // file offset where the latest read ended
   bool stop_ = false;
   PrefetchStats stats_;
   std::vector<std::thread> threads_;

@@ -19,6 +19,15 @@ struct Unit {
   bool on_demand = false;
 };
 
+// Measured on recent forwards (LitModule measures them). All zero, the default, means
+// unknown: the planner then keeps what streams in one run.
+struct PassRates {
+  double compute_seconds_per_byte = 0;  // forward time outside IO waits, per weight byte it used
+  double read_seconds_per_byte = 0;     // the reader's speed along a contiguous range
+  double seek_seconds = 0;              // the extra time of a read that does not continue the last one
+  bool known() const { return compute_seconds_per_byte > 0 && read_seconds_per_byte > 0; }
+};
+
 struct Plan {
   std::set<int> resident;
   std::vector<int> streamed_order;  // cyclic execution order of streamed units (repeats kept)
@@ -27,6 +36,8 @@ struct Plan {
   uint64_t streamed_bytes = 0;  // read ahead per forward (on-demand units read only what they touch)
   uint64_t budget = 0;
   uint64_t total_bytes = 0;
+  int runs = 0;                 // separate runs the streamed units form along the order
+  double modeled_seconds = 0;   // the pass model's forward time (0: rates unknown)
   bool streams() const { return !streamed_order.empty(); }
 };
 
@@ -44,11 +55,19 @@ class BudgetTooSmallError : public std::invalid_argument {
 // the order. Files are laid out in that order, so the streamed bytes are one sequential
 // range, which the kernel's readahead reads at full speed; gaps in it measured 2-3x slower.
 // The window holds two of the largest streamed unit, or it plus `depth - 1` typical ones.
+//
+// One run is right when reading is the bottleneck. When compute is (a budget that streams a
+// little, a forward over few tokens), one run cannot hide its read: the reader can only be a
+// window ahead, so it idles through the resident part and compute then waits for the rest.
+// With measured `rates`, the planner also tries 2-8 runs spread evenly along the order (each
+// read under the compute before it, at the cost of a seek per run) and keeps the layout the
+// pass model (pass_model.h) predicts fastest; a layout other than `current_runs` must win by
+// 5%, so a plan does not flap between forwards of different shapes.
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
-               const std::set<int>& ran = {}, int depth = 3);
+               const std::set<int>& ran = {}, int depth = 3, const PassRates& rates = {}, int current_runs = 1);
 
 // "auto": the smaller of (cgroup memory limit - what the cgroup is charged now) and
-// MemAvailable, minus max(128 MiB, 10%) for activations and allocator slack; 2^60 (no limit)
+// MemAvailable, minus max(128 MiB, 5%) for activations and allocator slack; 2^60 (no limit)
 // when neither is known.
 uint64_t auto_budget();
 uint64_t current_rss();

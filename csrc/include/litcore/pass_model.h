@@ -1,0 +1,24 @@
+// The pass model: predicts how long one forward takes under a residency plan, from rates
+// measured on earlier forwards, so the planner can choose how to lay out what streams.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <vector>
+
+#include "litcore/residency.h"
+
+namespace litcore {
+
+// Seconds per forward in steady state: one reader reads the streamed units in `order`
+// (cyclic), at most `window_bytes` ahead of use, while compute walks the order and
+// waits for each streamed unit's read. A read continues the last one when the unit runs
+// right after the previously read one (files are laid out in execution order).
+// On-demand units cost neither reads nor compute here.
+double model_pass_seconds(const std::vector<Unit>& units, const std::vector<int>& order,
+                          const std::set<int>& streamed, uint64_t window_bytes, const PassRates& rates);
+
+// How many separate runs the streamed units form along the cyclic `order`.
+int count_runs(const std::vector<Unit>& units, const std::vector<int>& order, const std::set<int>& streamed);
+
+}  // namespace litcore

@@ -242,10 +242,21 @@ void Prefetcher::wait(int group) {
 
 void Prefetcher::done(int group) {
   check_group(group);
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (!streamed_[group]) return;
   if (in_use_[group] > 0) --in_use_[group];
-  if (in_use_[group] == 0 && state_[group] == State::Ready) release_locked(group);
+  if (in_use_[group] == 0 && state_[group] == State::Ready) {
+    // The drop (unmapping and evicting megabytes) runs without the lock: under it, the
+    // reader could not start its next read for as long (measured ~1 ms per 23 MB module).
+    // The group keeps its window share until its pages are gone.
+    state_[group] = State::Releasing;
+    lock.unlock();
+    for (const auto& r : groups_[group]) mapping_->release(r.offset, r.length);
+    lock.lock();
+    state_[group] = State::Idle;
+    in_flight_ -= cost_[group];
+    ready_cv_.notify_all();
+  }
   work_cv_.notify_all();
 }
 

@@ -79,7 +79,7 @@ class Prefetcher {
   uint64_t group_bytes(int group) const;
 
  private:
-  enum class State { Idle, Loading, Ready };
+  enum class State { Idle, Loading, Ready, Releasing };
 
   void worker_loop();
   void load(int group);

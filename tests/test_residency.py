@@ -198,6 +198,15 @@ def test_an_io_bound_pass_keeps_one_run():
         LAYERS, ORDER, make_plan(LAYERS, ORDER, 150 * MiB), balanced)
 
 
+def test_an_io_bound_pass_takes_a_spread_layout_back_to_one_run():
+    spread = make_plan(LAYERS, ORDER, 150 * MiB, rates=_rates(6e-3, seek=1e-3))
+    assert spread.runs > 1
+    assert make_plan(LAYERS, ORDER, 150 * MiB, rates=_rates(1e-3), current_runs=spread.runs).runs == 1
+    # and while it stays compute-bound, the spread layout stays
+    again = make_plan(LAYERS, ORDER, 150 * MiB, rates=_rates(6e-3, seek=1e-3), current_runs=spread.runs)
+    assert again.resident == spread.resident
+
+
 def test_seeks_dearer_than_the_stall_keep_one_run():
     plan = make_plan(LAYERS, ORDER, 150 * MiB, rates=_rates(6e-3, seek=50e-3))
     assert plan.runs == 1

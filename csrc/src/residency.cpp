@@ -226,10 +226,12 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
   // compute-bound: its reads, seeks included, within 80% of the compute. Nearer IO-bound
   // the model flatters it: one run also reads during the resident compute through the
   // kernel's readahead (which runs ahead of the window), and each gap costs more than the
-  // measured seek (readahead restarts small). Measured on the 1.1B model under 1.2 GB, IO-bound
-  // generation: 6 runs 1.03 tokens/s, one run 1.14-1.18, where the model had favoured 6.
+  // measured seek (readahead restarts small). Measured on the 1.1B model under 1.2 GB,
+  // IO-bound generation: 6 runs 1.03 tokens/s, one run 1.14-1.18, where the model favoured 6.
   double compute = 0;
-  for (int i : order) compute += units[i].on_demand ? 0 : static_cast<double>(units[i].nbytes) * rates.compute_seconds_per_byte;
+  for (int i : order) {
+    if (!units[i].on_demand) compute += static_cast<double>(units[i].nbytes) * rates.compute_seconds_per_byte;
+  }
   Plan chosen = one_run, current = one_run;
   for (int runs : {2, 3, 4, 6, 8}) {
     Plan p = assemble(spread(units, candidates, best.forced, room, depth, runs));
@@ -237,7 +239,7 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     double reads = static_cast<double>(p.streamed_bytes) * rates.read_seconds_per_byte + p.runs * rates.seek_seconds;
     if (reads > 0.8 * compute) continue;
     if (p.modeled_seconds < chosen.modeled_seconds) chosen = p;
-    if (runs == current_runs) current = p;
+    if (p.runs == current_runs && current.runs != current_runs) current = p;  // runs may merge: match what ran
   }
   // Another layout than the current one must pay for the reads a change costs.
   return chosen.modeled_seconds < 0.95 * current.modeled_seconds ? chosen : current;

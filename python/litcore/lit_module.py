@@ -279,6 +279,8 @@ class LitModule:
         self._switch_plan(plan)
 
     def _switch_plan(self, plan: Plan) -> None:
+        """Adopts `plan`: the prefetcher follows its order, newly streamed weights leave memory
+        (newly resident ones come in as they are used); the next forward is not measured."""
         old = self._plan
         if plan.resident == old.resident and plan.streamed_order == old.streamed_order:
             self._plan = plan  # the same layout, newer figures

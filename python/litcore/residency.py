@@ -87,9 +87,9 @@ def measure_rates(units: Sequence[Unit], order: Sequence[int], forward_seconds: 
     """The pass model's rates from one forward: its time outside IO waits over the weight
     bytes it used, and the prefetcher's read times (`Prefetcher.stats()`). What the forward
     read too little to tell is taken from `previous`; None when nothing is known yet."""
-    used = sum(units[i].nbytes for i in order if not units[i].on_demand)
-    compute = max(forward_seconds - prefetch_stats["wait_seconds"], 0.0)
     s = prefetch_stats
+    used = sum(units[i].nbytes for i in order if not units[i].on_demand)
+    compute = max(forward_seconds - s["wait_seconds"], 0.0)
     read_bytes, read_seconds = s["bytes_read"] - s["seek_read_bytes"], s["read_seconds"] - s["seek_read_seconds"]
     read = previous.read_seconds_per_byte if previous else 0.0
     if read_bytes >= min_read_bytes:

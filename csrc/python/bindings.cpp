@@ -37,6 +37,20 @@ void drop_pages(const at::Tensor& tensor) {
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
+// The planner's units and rates as Python passes them: (name, nbytes, streamable, on_demand)
+// and (compute, read, seek) seconds per byte / per seek.
+using UnitTuple = std::tuple<std::string, uint64_t, bool, bool>;
+using RatesTuple = std::tuple<double, double, double>;
+
+std::vector<Unit> to_units(const std::vector<UnitTuple>& units) {
+  std::vector<Unit> out;
+  out.reserve(units.size());
+  for (const auto& [name, nbytes, streamable, on_demand] : units) out.push_back({name, nbytes, streamable, on_demand});
+  return out;
+}
+
+PassRates to_rates(const RatesTuple& r) { return {std::get<0>(r), std::get<1>(r), std::get<2>(r)}; }
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -177,27 +191,16 @@ PYBIND11_MODULE(_C, m) {
         return d;
       });
 
-  m.def("make_plan", [](const std::vector<std::tuple<std::string, uint64_t, bool, bool>>& units,
-                        const std::vector<int>& order, uint64_t budget, const std::set<int>& ran, int depth,
-                        const std::tuple<double, double, double>& rates, int current_runs) {
-    std::vector<Unit> us;
-    for (const auto& [name, nbytes, streamable, on_demand] : units) us.push_back({name, nbytes, streamable, on_demand});
-    PassRates r{std::get<0>(rates), std::get<1>(rates), std::get<2>(rates)};
-    Plan p = make_plan(us, order, budget, ran, depth, r, current_runs);
+  m.def("make_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, uint64_t budget,
+                        const std::set<int>& ran, int depth, const RatesTuple& rates, int current_runs) {
+    Plan p = make_plan(to_units(units), order, budget, ran, depth, to_rates(rates), current_runs);
     return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes, p.budget,
                           p.total_bytes, p.runs, p.modeled_seconds);
   }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3,
-     py::arg("rates") = std::make_tuple(0.0, 0.0, 0.0), py::arg("current_runs") = 1);
-  m.def("model_pass_seconds", [](const std::vector<std::tuple<std::string, uint64_t, bool, bool>>& units,
-                                 const std::vector<int>& order, const std::set<int>& streamed, uint64_t window_bytes,
-                                 const std::tuple<double, double, double>& rates) {
-    std::vector<Unit> us;
-    for (const auto& [name, nbytes, streamable, on_demand] : units) us.push_back({name, nbytes, streamable, on_demand});
-    for (int i : order) {
-      if (i < 0 || static_cast<size_t>(i) >= us.size()) throw std::out_of_range("litcore: unit " + std::to_string(i) + " out of range");
-    }
-    return model_pass_seconds(us, order, streamed, window_bytes,
-                              PassRates{std::get<0>(rates), std::get<1>(rates), std::get<2>(rates)});
+     py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1);
+  m.def("model_pass_seconds", [](const std::vector<UnitTuple>& units, const std::vector<int>& order,
+                                 const std::set<int>& streamed, uint64_t window_bytes, const RatesTuple& rates) {
+    return model_pass_seconds(to_units(units), order, streamed, window_bytes, to_rates(rates));
   });
   m.def("auto_budget", &auto_budget);
   m.def("cgroup_limit", &cgroup_limit);

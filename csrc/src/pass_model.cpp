@@ -1,13 +1,13 @@
 #include "litcore/pass_model.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "litcore/prefetcher.h"
 
 namespace litcore {
 namespace {
-
-// Resident bytes between two streamed units that the kernel's readahead reads through
-// anyway (a layer norm between two streamed projections): the read still continues.
-constexpr uint64_t kContinuousSpan = 1ull << 20;
 
 bool is_read(const std::vector<Unit>& units, const std::set<int>& streamed, int u) {
   return streamed.count(u) && !units[u].on_demand && units[u].nbytes > 0;
@@ -16,6 +16,11 @@ bool is_read(const std::vector<Unit>& units, const std::set<int>& streamed, int 
 // For each position of `order`: is it read, and does its read continue the previous one.
 void classify(const std::vector<Unit>& units, const std::vector<int>& order, const std::set<int>& streamed,
               std::vector<char>& read, std::vector<char>& continues) {
+  for (int i : order) {
+    if (i < 0 || static_cast<size_t>(i) >= units.size()) {
+      throw std::out_of_range("litcore: unit " + std::to_string(i) + " out of range");
+    }
+  }
   size_t n = order.size();
   read.assign(n, 0);
   continues.assign(n, 0);
@@ -23,7 +28,7 @@ void classify(const std::vector<Unit>& units, const std::vector<int>& order, con
   for (size_t p = 0; p < n; ++p) {
     if (!read[p]) continue;
     uint64_t skipped = 0;
-    for (size_t k = 1; k < n && skipped < kContinuousSpan; ++k) {
+    for (size_t k = 1; k < n && skipped < kReadContinuesWithin; ++k) {
       size_t q = (p + n - k) % n;
       if (read[q]) {
         continues[p] = 1;

@@ -16,9 +16,6 @@ using Clock = std::chrono::steady_clock;
 // registers its ~10 modules in another order than it runs them.
 constexpr size_t kReorderSpan = 16;
 
-// A read starting this little past where the last one ended still rides its readahead.
-constexpr uint64_t kContinuousSpan = 1ull << 20;
-
 }  // namespace
 
 Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> groups, Options options)
@@ -123,7 +120,7 @@ void Prefetcher::load_unlocked(int group, std::unique_lock<std::mutex>& lock) {
     first = std::min(first, r.offset);
     end = std::max(end, r.offset + r.length);
   }
-  bool continues = first >= last_read_end_ && first - last_read_end_ <= kContinuousSpan;
+  bool continues = first >= last_read_end_ && first - last_read_end_ <= kReadContinuesWithin;
   if (cost_[group] > 0) last_read_end_ = end;
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
   auto start = Clock::now();

@@ -4,7 +4,8 @@
 `memory.max`, v1 `memory.limit_in_bytes`) minus what the cgroup is charged now
 (`memory.current` / `memory.usage_in_bytes`, page cache included), and the system's
 `MemAvailable`; minus a margin of max(128 MiB, 5%) for activations and allocator slack.
-Page cache counts against cgroup limits, which is why litcore budgets mapped weight pages and drops streamed pages right after use.
+Page cache counts against cgroup limits, which is why litcore budgets mapped weight pages
+and drops streamed pages right after use.
 """
 from __future__ import annotations
 

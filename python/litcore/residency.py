@@ -61,6 +61,16 @@ class Plan:
         return bool(self.streamed_order)
 
 
+def _native_units(units: Sequence[Unit]) -> list:
+    return [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units]
+
+
+def _native_rates(rates: Optional[PassRates]) -> tuple:
+    if rates is None:
+        return (0.0, 0.0, 0.0)  # unknown: one streamed run
+    return (rates.compute_seconds_per_byte, rates.read_seconds_per_byte, rates.seek_seconds)
+
+
 def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: Optional[Set[int]] = None,
               depth: int = 3, rates: Optional[PassRates] = None, current_runs: int = 1) -> Plan:
     """Plans residency for `units` run in `order` (unit indices; repeats allowed) under
@@ -68,18 +78,15 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: 
     With `rates`, what streams may be spread in several runs when the pass model predicts
     it faster; a layout other than `current_runs` runs must win by 5%.
     Raises BudgetTooSmallError naming the module that cannot fit."""
-    r = (rates.compute_seconds_per_byte, rates.read_seconds_per_byte, rates.seek_seconds) if rates else (0.0, 0.0, 0.0)
     resident, streamed, window, resident_bytes, streamed_bytes, budget, total, runs, modeled = _C.make_plan(
-        [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order), int(budget), set(ran or ()), depth,
-        r, current_runs)
+        _native_units(units), list(order), int(budget), set(ran or ()), depth, _native_rates(rates), current_runs)
     return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, budget, total, runs, modeled)
 
 
 def model_pass_seconds(units: Sequence[Unit], order: Sequence[int], plan: Plan, rates: PassRates) -> float:
     """The pass model's steady forward time for `plan` (csrc/include/litcore/pass_model.h)."""
-    return _C.model_pass_seconds([(u.name, u.nbytes, u.streamable, u.on_demand) for u in units], list(order),
-                                 set(plan.streamed_order), plan.window_bytes,
-                                 (rates.compute_seconds_per_byte, rates.read_seconds_per_byte, rates.seek_seconds))
+    return _C.model_pass_seconds(_native_units(units), list(order), set(plan.streamed_order), plan.window_bytes,
+                                 _native_rates(rates))
 
 
 def measure_rates(units: Sequence[Unit], order: Sequence[int], forward_seconds: float, prefetch_stats: dict,

@@ -15,6 +15,11 @@
 
 namespace litcore {
 
+// A read starting at most this far past where the previous one ended still rides the
+// kernel's readahead (a layer norm's few KiB between two streamed projections). The pass
+// model counts continuing reads the same way.
+constexpr uint64_t kReadContinuesWithin = 1ull << 20;
+
 struct ByteRange {
   uint64_t offset = 0;
   uint64_t length = 0;

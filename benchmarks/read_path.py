@@ -3,7 +3,7 @@ memory limit, for each read mode, with the streamed modules contiguous in the fi
 residency plan lays them out) or with gaps between them (every other module resident).
 
 Each case runs in its own process inside the limit, after evicting the file from the page
-cache; it streams every group three times through `wait`/`done` (no compute) and reports
+cache; it streams every unit three times through `wait`/`done` (no compute) and reports
 throughput and the CPU time the process spent.
 
     python benchmarks/read_path.py                        # the 1.1B model of run.py, 1200 MB
@@ -30,24 +30,24 @@ from litcore._native import _C
 
 path, mode, layout, passes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 store = litcore.Store(path)
-# One group per module: the tensors sharing a name prefix, in file order.
+# One unit per module: the tensors sharing a name prefix, in file order.
 modules = {}
 for name in store.keys():
     modules.setdefault(name.rpartition(".")[0], []).append(name)
-groups = [store.native.byte_ranges(names) for names in modules.values()]
-sizes = [sum(n for _, n in g) for g in groups]
-streamed = list(range(len(groups))) if layout == "contiguous" else list(range(0, len(groups), 2))
-window = 2 * max(sizes[g] for g in streamed)
-pf = _C.Prefetcher(store.native, groups, window, 1, mode)
+units = [store.native.byte_ranges(names) for names in modules.values()]
+sizes = [sum(n for _, n in u) for u in units]
+streamed = list(range(len(units))) if layout == "contiguous" else list(range(0, len(units), 2))
+window = 2 * max(sizes[u] for u in streamed)
+pf = _C.Prefetcher(store.native, units, window, 1, mode)
 pf.set_order(streamed)
-nbytes = sum(sizes[g] for g in streamed)
+nbytes = sum(sizes[u] for u in streamed)
 rates = []
 before = resource.getrusage(resource.RUSAGE_SELF)
 for _ in range(passes):
     t0 = time.perf_counter()
-    for g in streamed:
-        pf.wait(g)
-        pf.done(g)
+    for u in streamed:
+        pf.wait(u)
+        pf.done(u)
     rates.append(nbytes / (time.perf_counter() - t0))
 after = resource.getrusage(resource.RUSAGE_SELF)
 print("RESULT " + json.dumps({"gb": nbytes / 1e9, "gb_s": sorted(rates)[len(rates) // 2] / 1e9,

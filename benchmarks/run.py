@@ -5,6 +5,10 @@ memory limit that counts page cache, with the weight files evicted from page cac
     python benchmarks/run.py                         # 1.1B Llama-shaped bf16 model, limits none/2400/1200 MB
     python benchmarks/run.py --model small --limits none,600
     python benchmarks/run.py --model tiny --systems litcore,in-memory --no-docs   # smoke test
+    python benchmarks/run.py --baseline build/baseline-site --systems litcore,litcore-baseline --limits 2400,1200
+
+--baseline DIR adds the system "litcore-baseline": another litcore build (installed with
+`pip install --target DIR`, e.g. an older commit) run by the same worker beside this one.
 
 Writes a table to stdout, results.json and chart.png under --out, and docs/benchmarks.md.
 """
@@ -26,7 +30,7 @@ sys.path.insert(0, HERE)
 import cgroup  # noqa: E402
 import report  # noqa: E402
 
-SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore"]
+SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-baseline"]
 PYTORCH_LIT_VERSION = "0.1.7"
 
 
@@ -73,14 +77,18 @@ def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
 
 
 def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
-            steady: int, new_tokens: int, budget: str = "auto") -> Dict:
+            steady: int, new_tokens: int, budget: str = "auto", baseline: Optional[str] = None) -> Dict:
     logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
-    cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--system", system, "--model-dir", paths["model_dir"],
+    worker_system = "litcore" if system == "litcore-baseline" else system
+    cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--system", worker_system, "--model-dir", paths["model_dir"],
            "--lit", paths["lit"], "--pytorch-lit-dir", paths["pytorch_lit_dir"], "--offload", paths["offload"],
            "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits, "--budget", budget]
     env = dict(os.environ)
     if system == "pytorch-lit":
         env["PYTHONPATH"] = pl_path
+    if system == "litcore-baseline":  # a --target install lies outside torch's tree: its RPATH misses torch/lib
+        env["PYTHONPATH"] = baseline
+        env["LD_LIBRARY_PATH"] = os.path.join(os.path.dirname(torch.__file__), "lib")
     cgroup.evict([paths["model_dir"]])
     outcome = cgroup.run(cmd, limit, env=env)
     row = {"system": system, "limit_mb": limit // 10**6 if limit else None, "peak_mb": outcome.peak_bytes / 10**6,
@@ -125,10 +133,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="1b", choices=["tiny", "small", "1b"])
     parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "litcore-baseline"))
     parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")
+    parser.add_argument("--baseline", help="a litcore build installed with pip --target: the system litcore-baseline")
     parser.add_argument("--cache", default=".cache/bench")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--docs", default="docs/benchmarks.md")
@@ -139,6 +148,8 @@ def main() -> None:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    if "litcore-baseline" in systems and not args.baseline:
+        parser.error("the system litcore-baseline needs --baseline DIR")
     os.makedirs(args.out, exist_ok=True)
     if not cgroup.available():
         print("NOTE: memory cgroups cannot be created here: limits are not applied, peak memory is the child's RSS.")
@@ -156,8 +167,9 @@ def main() -> None:
     for limit_text in args.limits.split(","):
         limit = parse_limit(limit_text)
         for system in systems:
-            row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget)
-            if system == "litcore" and limit and row.get("streamed_bytes_per_forward"):
+            row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
+                          args.baseline)
+            if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
             rows.append(row)
             print(report.one_line(row), flush=True)

@@ -73,9 +73,9 @@ def _roundtrip(tmp, scripted, x, budgets=("auto", "small")):
         with torch.no_grad():  # as for `want`: some modules take another path with autograd on
             got = loaded(x)
         assert torch.equal(_main(got), _main(want)), budget
-        assert loaded._litcore_store.streams() == (budget == "small")
+        assert loaded._litcore_engine.streams() == (budget == "small")
         if budget == "small":
-            assert loaded._litcore_store.bytes_read() > 0
+            assert loaded._litcore_engine.passes()[-1]["bytes_read"] > 0
     with torch.no_grad():
         again = scripted(x)
     assert torch.equal(_main(again), _main(want))
@@ -107,18 +107,8 @@ def test_traced_transformers_llama(tmp):
     traced = torch.jit.trace(model, ids, strict=False)
     want = _roundtrip(tmp, traced, ids)
     program = torch.jit.load(tmp / "m.pt")
-    lookups = [names for names, flag in zip(program._litcore_groups, program._litcore_on_demand) if flag]
+    lookups = [names for names, flag in zip(program._litcore_units, program._litcore_lookup) if flag]
     assert lookups == [["model.embed_tokens.weight"]]  # read by row: never read ahead
-    # programs saved before the flags existed pass none: the plan then reads embeddings ahead
-    store = torch.classes.litcore.Store(str(tmp / "m.lit"))
-    program._litcore_store = store
-    for sub in program.modules():
-        if hasattr(sub, "_litcore_store"):
-            sub._c.setattr("_litcore_store", store)
-    store.configure(program._litcore_groups, program._litcore_streamable, [], os.path.getsize(tmp / "m.lit") // 3)
-    with torch.no_grad():
-        assert torch.equal(_main(program(ids)), _main(want))
-    assert store.streams() and store.bytes_read() > 0
 
 
 def test_tracing_a_lit_module(tmp):

@@ -46,16 +46,17 @@ def test_awkward_model_is_bit_exact(awkward_file, budget):
 def test_warmer_reads_residents_until_the_first_forward(awkward_file):
     ref, path = awkward_file
     lit = litcore.LitModule.from_params(path, Awkward)
-    warmer = lit._warmer
-    assert warmer is not None  # reading the resident weights in while the model waits
     deadline = time.time() + 10
-    while warmer.stats()["bytes_read"] < lit.plan.resident_bytes and time.time() < deadline:
+    while lit.stats()["warmup_bytes_read"] < lit.plan.resident_bytes and time.time() < deadline:
         time.sleep(0.01)
-    assert warmer.stats()["bytes_read"] >= lit.plan.resident_bytes  # ranges span alignment padding
+    assert lit.stats()["warmup_bytes_read"] >= lit.plan.resident_bytes  # ranges span alignment padding
     with torch.no_grad():
         want = ref(_ids())
     assert torch.equal(lit(_ids()), want)
-    assert lit._warmer is None  # a forward reads for itself: no second reader beside it
+    deadline = time.time() + 10
+    while lit.stats()["warmup_running"] and time.time() < deadline:
+        time.sleep(0.01)
+    assert not lit.stats()["warmup_running"]  # a forward reads for itself: no second reader beside it
 
 
 def test_streaming_after_warmup_prefetches(awkward_file):
@@ -85,8 +86,8 @@ def test_embeddings_are_read_by_lookup_not_ahead(tmp):
     litcore.save(ref.state_dict(), tmp / "e.lit")
     ids = torch.tensor([[5, 17_000, 39_999]])
     lit = litcore.LitModule.from_params(tmp / "e.lit", Embedded, memory_budget="60KB")
-    embed = lit._unit_modules.index(lit.module.embed)
-    assert embed in lit.plan.streamed_order and embed not in lit.plan.resident
+    assert lit.plan.lookup_modules == ["embed"] and "embed" not in lit.plan.resident_modules
+    assert lit.plan.resident_bytes + lit.plan.streamed_bytes + lit.plan.lookup_bytes == lit.plan.total_bytes
     assert lit.plan.streamed_bytes < 6 * 17_000  # the embedding is not read ahead per forward
     for _ in range(3):
         with torch.no_grad():
@@ -321,7 +322,7 @@ def test_top_level_parameter_only_model(tmp):
 def test_a_spread_layout_is_bit_exact_and_adopted_cleanly(tmp):
     """The layout a compute-bound forward makes the planner choose (several streamed runs):
     adopted between forwards, outputs unchanged, and the forward after it reads the new plan."""
-    from litcore.residency import PassRates, make_plan
+    from litcore.residency import PassRates
 
     def build():
         return nn.Sequential(*[nn.Linear(1024, 1024, bias=False) for _ in range(16)])  # 4 MiB units
@@ -336,12 +337,11 @@ def test_a_spread_layout_is_bit_exact_and_adopted_cleanly(tmp):
     assert torch.equal(lit(x), want) and lit.plan.runs == 1
     unit = 4 << 20
     rates = PassRates(compute_seconds_per_byte=6e-3 / unit, read_seconds_per_byte=10e-3 / unit, seek_seconds=1e-3)
-    plan = make_plan(lit._units, lit._order, lit._budget, ran=lit._ran, rates=rates, current_runs=1)
-    assert plan.runs > 1 and plan.resident_bytes + plan.window_bytes <= lit._budget
-    lit._switch_plan(plan)
+    lit.engine.replan(rates)
+    plan = lit.plan
+    assert plan.runs > 1 and plan.resident_bytes + plan.window_bytes <= lit.stats()["budget_bytes"]
     for _ in range(4):
         assert torch.equal(lit(x), want)
     after = lit.stats()["per_forward"][1]  # the forward after the switch runs the new plan (it is not re-planned)
     assert after["streamed_runs"] == plan.runs and after["mispredicts"] == 0
     assert after["bytes_read"] >= plan.streamed_bytes - plan.window_bytes
-    assert lit._rates is not None  # measured on the later forwards

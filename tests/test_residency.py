@@ -227,14 +227,14 @@ def test_only_lookups_stream_when_the_rest_fits():
 
 def test_measure_rates_from_a_forward():
     units = [Unit("a", 100, True), Unit("b", 300, True), Unit("e", 1000, True, on_demand=True)]
-    stats = {"wait_seconds": 0.5, "bytes_read": 64 * MiB, "read_seconds": 1.0, "seek_reads": 2,
+    stats = {"wait_seconds": 0.5, "timed_bytes": 64 * MiB, "read_seconds": 1.0, "seek_reads": 2,
              "seek_read_bytes": 32 * MiB, "seek_read_seconds": 0.6}
     r = measure_rates(units, [2, 0, 1], 2.5, stats)
     assert r.compute_seconds_per_byte == pytest.approx(2.0 / 400)  # lookups use no weight bytes
     assert r.read_seconds_per_byte == pytest.approx(0.4 / (32 * MiB))
     assert r.seek_seconds == pytest.approx((0.6 - 0.4) / 2)
     # a forward that read nothing keeps what was known about reads
-    quiet = {**stats, "bytes_read": 0, "read_seconds": 0.0, "seek_reads": 0, "seek_read_bytes": 0, "seek_read_seconds": 0.0}
+    quiet = {**stats, "timed_bytes": 0, "read_seconds": 0.0, "seek_reads": 0, "seek_read_bytes": 0, "seek_read_seconds": 0.0}
     r2 = measure_rates(units, [0, 1], 1.5, quiet, r)
     assert r2.read_seconds_per_byte == r.read_seconds_per_byte and r2.seek_seconds == r.seek_seconds
     assert measure_rates(units, [0, 1], 1.5, quiet) is None

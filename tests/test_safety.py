@@ -55,13 +55,13 @@ def test_prefetcher_with_threads_waiting_and_releasing(tmp):
     tensors = _tensors(n=24)
     litcore.save(tensors, tmp / "w.lit")
     store = litcore.Store(tmp / "w.lit")
-    groups = [store.native.byte_ranges([k]) for k in store]
-    pf = litcore._C.Prefetcher(store.native, groups, 3 * 200_000, 2, "populate")
-    pf.set_order(list(range(len(groups))))
+    units = [store.native.byte_ranges([k]) for k in store]
+    pf = litcore._C.Prefetcher(store.native, units, 3 * 200_000, 2, "populate")
+    pf.set_order(list(range(len(units))))
 
     def run(offset):
         for step in range(200):
-            g = (step + offset) % len(groups)
+            g = (step + offset) % len(units)
             pf.wait(g)
             pf.done(g)
 

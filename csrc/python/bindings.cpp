@@ -51,6 +51,62 @@ std::vector<Unit> to_units(const std::vector<UnitTuple>& units) {
 
 PassRates to_rates(const RatesTuple& r) { return {std::get<0>(r), std::get<1>(r), std::get<2>(r)}; }
 
+// (name, stored tensor names, streamable, lookup): a UnitSpec as Python passes it.
+using UnitSpecTuple = std::tuple<std::string, std::vector<std::string>, bool, bool>;
+
+// Each unit's (offset, length) byte ranges, as Store.byte_ranges gives them.
+using RangesList = std::vector<std::vector<std::pair<uint64_t, uint64_t>>>;
+
+std::vector<std::vector<ByteRange>> to_ranges(const RangesList& units) {
+  std::vector<std::vector<ByteRange>> out;
+  out.reserve(units.size());
+  for (const auto& u : units) {
+    std::vector<ByteRange> ranges;
+    for (const auto& [offset, length] : u) ranges.push_back({offset, length});
+    out.push_back(std::move(ranges));
+  }
+  return out;
+}
+
+ReadMode parse_read_mode(const std::string& mode) {
+  if (mode == "sendfile") return ReadMode::Sendfile;
+  if (mode == "pread") return ReadMode::Pread;
+  if (mode == "populate") return ReadMode::Populate;
+  throw std::invalid_argument("litcore: read_mode must be 'sendfile', 'pread' or 'populate', not '" + mode + "'");
+}
+
+py::tuple plan_tuple(const Plan& p) {
+  return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes,
+                        p.lookup_bytes, p.budget, p.total_bytes, p.runs, p.modeled_seconds);
+}
+
+// The engine's statistics under their C++ names; counts as ints, times as floats.
+py::dict stats_dict(const std::vector<Stat>& stats) {
+  py::dict d;
+  for (const auto& s : stats) {
+    if (s.integer) d[py::str(s.name)] = static_cast<uint64_t>(s.value);
+    else d[py::str(s.name)] = s.value;
+  }
+  return d;
+}
+
+py::dict prefetch_stats_dict(const PrefetchStats& s) {
+  py::dict d;
+  d["bytes_read"] = s.bytes_read;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["mispredicts"] = s.mispredicts;
+  d["wait_seconds"] = s.wait_seconds;
+  d["read_seconds"] = s.read_seconds;
+  d["timed_bytes"] = s.timed_bytes;
+  d["seek_reads"] = s.seek_reads;
+  d["seek_read_bytes"] = s.seek_read_bytes;
+  d["seek_read_seconds"] = s.seek_read_seconds;
+  d["in_flight_bytes"] = s.in_flight_bytes;
+  d["peak_in_flight_bytes"] = s.peak_in_flight_bytes;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -144,63 +200,112 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("temp_path", &Writer::temp_path)
       .def_property_readonly("file_size", &Writer::file_size);
 
+  // The prefetch reader on its own: for the CUDA path's host side and the read-path benchmark.
   py::class_<Prefetcher>(m, "Prefetcher")
-      .def(py::init([](const Store& store, const std::vector<std::vector<std::pair<uint64_t, uint64_t>>>& groups,
+      .def(py::init([](const Store& store, const RangesList& units,
                        uint64_t window_bytes, int threads, const std::string& read_mode,
-                       const std::vector<bool>& on_demand, bool keep) {
-             std::vector<std::vector<ByteRange>> ranges;
-             ranges.reserve(groups.size());
-             for (const auto& g : groups) {
-               std::vector<ByteRange> out;
-               for (const auto& [off, len] : g) out.push_back({off, len});
-               ranges.push_back(std::move(out));
-             }
+                       const std::vector<bool>& on_demand) {
              Prefetcher::Options opts;
              opts.window_bytes = window_bytes;
              opts.threads = threads;
              opts.on_demand = on_demand;
-             opts.keep = keep;
-             if (read_mode == "sendfile") opts.read_mode = ReadMode::Sendfile;
-             else if (read_mode == "pread") opts.read_mode = ReadMode::Pread;
-             else if (read_mode == "populate") opts.read_mode = ReadMode::Populate;
-             else throw std::invalid_argument("litcore: read_mode must be 'sendfile', 'pread' or 'populate', not '" + read_mode + "'");
-             return std::make_unique<Prefetcher>(store.mapping(), std::move(ranges), opts);
+             opts.read_mode = parse_read_mode(read_mode);
+             return std::make_unique<Prefetcher>(store.mapping(), to_ranges(units), opts);
            }),
-           py::arg("store"), py::arg("groups"), py::arg("window_bytes"), py::arg("threads") = 1,
-           py::arg("read_mode") = "sendfile", py::arg("on_demand") = std::vector<bool>{}, py::arg("keep") = false)
+           py::arg("store"), py::arg("units"), py::arg("window_bytes"), py::arg("threads") = 1,
+           py::arg("read_mode") = "sendfile", py::arg("on_demand") = std::vector<bool>{})
       .def("set_order", &Prefetcher::set_order, py::call_guard<py::gil_scoped_release>())
       .def("wait", &Prefetcher::wait, py::call_guard<py::gil_scoped_release>())
       .def("done", &Prefetcher::done, py::call_guard<py::gil_scoped_release>())
       .def("release_all", &Prefetcher::release_all, py::call_guard<py::gil_scoped_release>())
-      .def("group_bytes", &Prefetcher::group_bytes)
+      .def("unit_bytes", &Prefetcher::unit_bytes)
       .def("reset_stats", &Prefetcher::reset_stats)
-      .def("stats", [](const Prefetcher& p) {
-        PrefetchStats s = p.stats();
-        py::dict d;
-        d["bytes_read"] = s.bytes_read;
-        d["hits"] = s.hits;
-        d["misses"] = s.misses;
-        d["mispredicts"] = s.mispredicts;
-        d["wait_seconds"] = s.wait_seconds;
-        d["read_seconds"] = s.read_seconds;
-        d["seek_reads"] = s.seek_reads;
-        d["seek_read_bytes"] = s.seek_read_bytes;
-        d["seek_read_seconds"] = s.seek_read_seconds;
-        d["in_flight_bytes"] = s.in_flight_bytes;
-        d["peak_in_flight_bytes"] = s.peak_in_flight_bytes;
-        return d;
-      });
+      .def("stats", [](const Prefetcher& p) { return prefetch_stats_dict(p.stats()); });
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](std::shared_ptr<Store> store, const std::vector<UnitSpecTuple>& units, uint64_t memory_budget,
+                       int threads, const std::string& read_mode, bool warm_up, bool adapt) {
+             std::vector<UnitSpec> specs;
+             for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
+             EngineOptions options;
+             options.memory_budget = memory_budget;
+             options.threads = threads;
+             options.read_mode = parse_read_mode(read_mode);
+             options.warm_up = warm_up;
+             options.adapt = adapt;
+             py::gil_scoped_release nogil;
+             return std::make_unique<Engine>(std::move(store), specs, options);
+           }),
+           py::arg("store"), py::arg("units"), py::arg("memory_budget") = 0, py::arg("threads") = 1,
+           py::arg("read_mode") = "sendfile", py::arg("warm_up") = true, py::arg("adapt") = true)
+      .def("begin", &Engine::begin, py::arg("restart") = false, py::call_guard<py::gil_scoped_release>())
+      .def("enter", &Engine::enter, py::call_guard<py::gil_scoped_release>())
+      .def("exit", &Engine::exit, py::call_guard<py::gil_scoped_release>())
+      .def("end", &Engine::end, py::call_guard<py::gil_scoped_release>())
+      .def("replan", [](Engine& e, const RatesTuple& rates) {
+        PassRates r = to_rates(rates);
+        py::gil_scoped_release nogil;
+        e.replan(r);
+      })
+      .def("streams", &Engine::streams)
+      .def("plan", [](const Engine& e) { return plan_tuple(e.plan()); })
+      .def("units", [](const Engine& e) {
+        std::vector<UnitTuple> out;
+        for (const auto& u : e.units()) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand);
+        return out;
+      })
+      .def("order", &Engine::order)
+      .def("placements", [](const Engine& e) {
+        py::list out;
+        for (const auto& p : e.placements()) out.append(py::make_tuple(p.name, residency_name(p.residency), p.nbytes));
+        return out;
+      })
+      .def("passes", [](const Engine& e) {
+        py::list out;
+        for (const auto& p : e.passes()) out.append(stats_dict(p.fields()));
+        return out;
+      })
+      .def("summary", [](const Engine& e) { return stats_dict(e.summary()); })
+      .def("totals", [](const Engine& e) { return stats_dict(e.totals()); })
+      .def("take_warnings", &Engine::take_warnings);
+
+  m.def("units_of", [](const Store& store, const std::vector<UnitSpecTuple>& units) {
+    std::vector<UnitSpec> specs;
+    for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
+    std::vector<UnitTuple> out;
+    for (const auto& u : units_of(store, specs)) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand);
+    return out;
+  });
+
+  // The warm-up reader on its own: for the CUDA path's host-kept weights.
+  py::class_<WarmupReader>(m, "WarmupReader")
+      .def(py::init([](const Store& store, const RangesList& units) {
+        return std::make_unique<WarmupReader>(store.mapping(), to_ranges(units));
+      }))
+      .def("stop", &WarmupReader::stop)
+      .def_property_readonly("bytes_read", &WarmupReader::bytes_read)
+      .def_property_readonly("running", &WarmupReader::running);
 
   m.def("make_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, uint64_t budget,
                         const std::set<int>& ran, int depth, const RatesTuple& rates, int current_runs) {
-    Plan p = make_plan(to_units(units), order, budget, ran, depth, to_rates(rates), current_runs);
-    return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes, p.budget,
-                          p.total_bytes, p.runs, p.modeled_seconds);
+    return plan_tuple(make_plan(to_units(units), order, budget, ran, depth, to_rates(rates), current_runs));
   }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3,
      py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1);
   m.def("model_pass_seconds", [](const std::vector<UnitTuple>& units, const std::vector<int>& order,
                                  const std::set<int>& streamed, uint64_t window_bytes, const RatesTuple& rates) {
     return model_pass_seconds(to_units(units), order, streamed, window_bytes, to_rates(rates));
+  });
+  m.def("measure_rates", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, double forward_seconds,
+                            const py::dict& stats, const RatesTuple& previous) {
+    PrefetchStats s;
+    s.timed_bytes = stats["timed_bytes"].cast<uint64_t>();
+    s.wait_seconds = stats["wait_seconds"].cast<double>();
+    s.read_seconds = stats["read_seconds"].cast<double>();
+    s.seek_reads = stats["seek_reads"].cast<uint64_t>();
+    s.seek_read_bytes = stats["seek_read_bytes"].cast<uint64_t>();
+    s.seek_read_seconds = stats["seek_read_seconds"].cast<double>();
+    PassRates r = measure_rates(to_units(units), order, forward_seconds, s, to_rates(previous));
+    return RatesTuple{r.compute_seconds_per_byte, r.read_seconds_per_byte, r.seek_seconds};
   });
   m.def("auto_budget", &auto_budget);
   m.def("cgroup_limit", &cgroup_limit);

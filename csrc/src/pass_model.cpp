@@ -88,4 +88,31 @@ double model_pass_seconds(const std::vector<Unit>& units, const std::vector<int>
   return compute - first_pass;
 }
 
+PassRates measure_rates(const std::vector<Unit>& units, const std::vector<int>& order, double forward_seconds,
+                        const PrefetchStats& s, const PassRates& previous, uint64_t min_read_bytes) {
+  double used = 0;
+  for (int i : order) {
+    if (i < 0 || static_cast<size_t>(i) >= units.size()) {
+      throw std::out_of_range("litcore: unit " + std::to_string(i) + " out of range");
+    }
+    if (!units[i].on_demand) used += static_cast<double>(units[i].nbytes);
+  }
+  double compute = std::max(forward_seconds - s.wait_seconds, 0.0);
+  uint64_t read_bytes = s.timed_bytes - std::min(s.seek_read_bytes, s.timed_bytes);
+  double read_seconds = std::max(s.read_seconds - s.seek_read_seconds, 0.0);
+  double read = previous.read_seconds_per_byte;
+  if (read_bytes >= min_read_bytes) {
+    read = read_seconds / static_cast<double>(read_bytes);
+  } else if (s.timed_bytes >= min_read_bytes) {
+    read = s.read_seconds / static_cast<double>(s.timed_bytes);
+  }
+  double seek = previous.seek_seconds;
+  if (s.seek_reads && read > 0) {
+    seek = std::max(s.seek_read_seconds - static_cast<double>(s.seek_read_bytes) * read, 0.0) /
+           static_cast<double>(s.seek_reads);
+  }
+  if (used <= 0 || compute <= 0 || read <= 0) return previous;
+  return {compute / used, read, seek};
+}
+
 }  // namespace litcore

@@ -18,10 +18,10 @@ constexpr size_t kReorderSpan = 16;
 
 }  // namespace
 
-Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> groups, Options options)
-    : mapping_(std::move(mapping)), groups_(std::move(groups)), options_(options) {
-  bytes_.reserve(groups_.size());
-  for (const auto& g : groups_) {
+Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units, Options options)
+    : mapping_(std::move(mapping)), units_(std::move(units)), options_(options) {
+  bytes_.reserve(units_.size());
+  for (const auto& g : units_) {
     uint64_t n = 0;
     for (const auto& r : g) {
       if (r.offset > mapping_->size() || r.length > mapping_->size() - r.offset) {
@@ -31,15 +31,16 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
     }
     bytes_.push_back(n);
   }
-  if (!options_.on_demand.empty() && options_.on_demand.size() != groups_.size()) {
-    throw std::invalid_argument("litcore: prefetcher has " + std::to_string(groups_.size()) + " groups but " +
+  if (!options_.on_demand.empty() && options_.on_demand.size() != units_.size()) {
+    throw std::invalid_argument("litcore: prefetcher has " + std::to_string(units_.size()) + " units but " +
                                 std::to_string(options_.on_demand.size()) + " on-demand flags");
   }
-  options_.on_demand.resize(groups_.size(), false);
-  for (size_t g = 0; g < groups_.size(); ++g) cost_.push_back(options_.on_demand[g] ? 0 : bytes_[g]);
-  state_.assign(groups_.size(), State::Idle);
-  in_use_.assign(groups_.size(), 0);
-  streamed_.assign(groups_.size(), false);
+  options_.on_demand.resize(units_.size(), false);
+  for (size_t g = 0; g < units_.size(); ++g) cost_.push_back(options_.on_demand[g] ? 0 : bytes_[g]);
+  state_.assign(units_.size(), State::Idle);
+  in_use_.assign(units_.size(), 0);
+  streamed_.assign(units_.size(), false);
+  unbilled_.assign(units_.size(), false);
   int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
@@ -54,35 +55,36 @@ Prefetcher::~Prefetcher() {
   for (auto& t : threads_) t.join();
 }
 
-void Prefetcher::check_group(int group) const {
-  if (group < 0 || static_cast<size_t>(group) >= groups_.size()) {
-    throw std::out_of_range("litcore: prefetch group " + std::to_string(group) + " out of range");
+void Prefetcher::check_unit(int unit) const {
+  if (unit < 0 || static_cast<size_t>(unit) >= units_.size()) {
+    throw std::out_of_range("litcore: prefetch unit " + std::to_string(unit) + " out of range");
   }
 }
 
-uint64_t Prefetcher::group_bytes(int group) const {
-  check_group(group);
-  return bytes_[group];
+uint64_t Prefetcher::unit_bytes(int unit) const {
+  check_unit(unit);
+  return bytes_[unit];
 }
 
 void Prefetcher::set_order(const std::vector<int>& order) {
-  for (int g : order) check_group(g);
+  for (int g : order) check_unit(g);
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<bool> streamed(groups_.size(), false);
+  std::vector<bool> streamed(units_.size(), false);
   for (int g : order) streamed[g] = true;
-  // Groups that stop being streamed keep their pages (they become resident); groups that
+  // Units that stop being streamed keep their pages (they become resident); units that
   // start being streamed are dropped if nobody uses them.
-  for (size_t g = 0; g < groups_.size(); ++g) {
+  for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed_[g] && !streamed[g] && state_[g] == State::Ready) {
+      bill_locked(static_cast<int>(g));
       state_[g] = State::Idle;
       in_flight_ -= cost_[g];
     }
   }
-  // Streamed groups fault forward-only (read-around would re-read what was just dropped
-  // behind the reader); on-demand groups fault only the touched pages; the rest as usual.
-  for (size_t g = 0; g < groups_.size() && !options_.keep; ++g) {
+  // Streamed units fault forward-only (read-around would re-read what was just dropped
+  // behind the reader); on-demand units fault only the touched pages; the rest as usual.
+  for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed[g] == streamed_[g] && !order_.empty()) continue;
-    for (const auto& r : groups_[g]) {
+    for (const auto& r : units_[g]) {
       if (!streamed[g]) mapping_->normal_access(r.offset, r.length);
       else if (options_.on_demand[g]) mapping_->random_access(r.offset, r.length);
       else mapping_->sequential_access(r.offset, r.length);
@@ -92,15 +94,15 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   order_ = order;
   taken_.assign(order_.size(), false);
   expected_ = cursor_ = ahead_ = 0;
-  for (size_t g = 0; g < groups_.size(); ++g) {
+  for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed_[g] && state_[g] == State::Ready && in_use_[g] == 0) release_locked(static_cast<int>(g));
   }
   work_cv_.notify_all();
 }
 
-void Prefetcher::load(int group) {
-  if (options_.on_demand[group]) return;  // its pages come in by fault, only those touched
-  for (const auto& r : groups_[group]) {
+void Prefetcher::load(int unit) {
+  if (options_.on_demand[unit]) return;  // its pages come in by fault, only those touched
+  for (const auto& r : units_[unit]) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
     // MADV_WILLNEED: it splits the reads into small requests (0.6 GB/s against 1.8).
@@ -111,39 +113,47 @@ void Prefetcher::load(int group) {
   }
 }
 
-void Prefetcher::load_unlocked(int group, std::unique_lock<std::mutex>& lock) {
-  state_[group] = State::Loading;
-  in_flight_ += cost_[group];
+void Prefetcher::load_unlocked(int unit, std::unique_lock<std::mutex>& lock) {
+  state_[unit] = State::Loading;
+  in_flight_ += cost_[unit];
   stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
   uint64_t first = UINT64_MAX, end = 0;
-  for (const auto& r : groups_[group]) {
+  for (const auto& r : units_[unit]) {
     first = std::min(first, r.offset);
     end = std::max(end, r.offset + r.length);
   }
   bool continues = first >= last_read_end_ && first - last_read_end_ <= kReadContinuesWithin;
-  if (cost_[group] > 0) last_read_end_ = end;
+  if (cost_[unit] > 0) last_read_end_ = end;
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
   auto start = Clock::now();
-  load(group);
+  load(unit);
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   lock.lock();
-  state_[group] = State::Ready;
-  stats_.bytes_read += cost_[group];
-  if (cost_[group] > 0) {
+  state_[unit] = State::Ready;
+  if (cost_[unit] > 0) {
+    unbilled_[unit] = true;
+    stats_.timed_bytes += cost_[unit];
     stats_.read_seconds += seconds;
     if (!continues) {
       ++stats_.seek_reads;
-      stats_.seek_read_bytes += cost_[group];
+      stats_.seek_read_bytes += cost_[unit];
       stats_.seek_read_seconds += seconds;
     }
   }
   ready_cv_.notify_all();
 }
 
-void Prefetcher::release_locked(int group) {
-  if (state_[group] == State::Ready) in_flight_ -= cost_[group];
-  state_[group] = State::Idle;
-  for (const auto& r : groups_[group]) mapping_->release(r.offset, r.length);
+void Prefetcher::bill_locked(int unit) {
+  if (!unbilled_[unit]) return;
+  unbilled_[unit] = false;
+  stats_.bytes_read += cost_[unit];
+}
+
+void Prefetcher::release_locked(int unit) {
+  bill_locked(unit);
+  if (state_[unit] == State::Ready) in_flight_ -= cost_[unit];
+  state_[unit] = State::Idle;
+  for (const auto& r : units_[unit]) mapping_->release(r.offset, r.length);
 }
 
 void Prefetcher::worker_loop() {
@@ -182,14 +192,14 @@ void Prefetcher::advance_locked() {
   }
 }
 
-void Prefetcher::wait(int group) {
-  check_group(group);
+void Prefetcher::wait(int unit) {
+  check_unit(unit);
   std::unique_lock<std::mutex> lock(mu_);
-  if (!streamed_[group]) return;
+  if (!streamed_[unit]) return;
   // Where in the order is this call? Usually exactly where we expected.
   size_t n = order_.size();
   size_t k = 0;
-  while (k < n && (order_[(expected_ + k) % n] != group || taken_[(expected_ + k) % n])) ++k;
+  while (k < n && (order_[(expected_ + k) % n] != unit || taken_[(expected_ + k) % n])) ++k;
   if (k == 0) {
     advance_locked();
   } else if (k < n) {
@@ -205,7 +215,7 @@ void Prefetcher::wait(int group) {
         size_t p = (expected_ + i) % n;
         int s = order_[p];
         taken_[p] = false;
-        if (s != group && state_[s] == State::Ready && in_use_[s] == 0) release_locked(s);
+        if (s != unit && state_[s] == State::Ready && in_use_[s] == 0) release_locked(s);
       }
       if (ahead_ >= k) {
         ahead_ -= k;
@@ -218,16 +228,17 @@ void Prefetcher::wait(int group) {
     }
   }
   auto start = Clock::now();
-  bool hit = state_[group] == State::Ready;
-  // Reserve the group first: a done() from another thread must not drop it under us.
-  ++in_use_[group];
-  while (!stop_ && state_[group] != State::Ready) {
-    if (state_[group] == State::Idle) {
-      load_unlocked(group, lock);
+  bool hit = state_[unit] == State::Ready;
+  // Reserve the unit first: a done() from another thread must not drop it under us.
+  ++in_use_[unit];
+  while (!stop_ && state_[unit] != State::Ready) {
+    if (state_[unit] == State::Idle) {
+      load_unlocked(unit, lock);
     } else {
       ready_cv_.wait(lock);
     }
   }
+  bill_locked(unit);
   if (hit) {
     ++stats_.hits;
   } else {
@@ -237,21 +248,21 @@ void Prefetcher::wait(int group) {
   work_cv_.notify_all();
 }
 
-void Prefetcher::done(int group) {
-  check_group(group);
+void Prefetcher::done(int unit) {
+  check_unit(unit);
   std::unique_lock<std::mutex> lock(mu_);
-  if (!streamed_[group]) return;
-  if (in_use_[group] > 0) --in_use_[group];
-  if (in_use_[group] == 0 && state_[group] == State::Ready) {
+  if (!streamed_[unit]) return;
+  if (in_use_[unit] > 0) --in_use_[unit];
+  if (in_use_[unit] == 0 && state_[unit] == State::Ready) {
     // The drop (unmapping and evicting megabytes) runs without the lock: under it, the
     // reader could not start its next read for as long (measured ~1 ms per 23 MB module).
-    // The group keeps its window share until its pages are gone.
-    state_[group] = State::Releasing;
+    // The unit keeps its window share until its pages are gone.
+    state_[unit] = State::Releasing;
     lock.unlock();
-    for (const auto& r : groups_[group]) mapping_->release(r.offset, r.length);
+    for (const auto& r : units_[unit]) mapping_->release(r.offset, r.length);
     lock.lock();
-    state_[group] = State::Idle;
-    in_flight_ -= cost_[group];
+    state_[unit] = State::Idle;
+    in_flight_ -= cost_[unit];
     ready_cv_.notify_all();
   }
   work_cv_.notify_all();
@@ -259,7 +270,7 @@ void Prefetcher::done(int group) {
 
 void Prefetcher::release_all() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (size_t g = 0; g < groups_.size(); ++g) {
+  for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed_[g] && state_[g] == State::Ready && in_use_[g] == 0) release_locked(static_cast<int>(g));
   }
   work_cv_.notify_all();

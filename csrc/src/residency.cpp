@@ -213,7 +213,8 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     }
     for (int i : p.resident) p.resident_bytes += units[i].nbytes;
     for (int i = 0; i < n; ++i) {
-      if (!p.resident.count(i) && !units[i].on_demand) p.streamed_bytes += units[i].nbytes;
+      if (p.resident.count(i)) continue;
+      (units[i].on_demand ? p.lookup_bytes : p.streamed_bytes) += units[i].nbytes;
     }
     std::set<int> streamed(p.streamed_order.begin(), p.streamed_order.end());
     p.runs = count_runs(units, order, streamed);

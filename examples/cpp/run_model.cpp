@@ -1,9 +1,10 @@
 // run_model MODEL.pt WEIGHTS.lit [--budget BYTES] [--shape 2,64] [--ids VOCAB] [--repeat N]
 //
 // Loads a TorchScript program saved by litcore.jit.save with its weights from a .lit file,
-// runs it on a fixed input and prints the output: its shape, its XXH64 (bit-exact
-// comparison with Python) and its first values. The input is linspace(-1, 1) over the
-// shape, or token ids (i * 7 + 3) % VOCAB with --ids.
+// runs it on a fixed input (N times) and prints the output: its shape, its XXH64 (bit-exact
+// comparison with Python) and its first values; then the engine's plan, one line per module
+// ("plan RESIDENCY BYTES NAME"), and its statistics per forward ("pass I NAME=VALUE...").
+// The input is linspace(-1, 1) over the shape, or token ids (i * 7 + 3) % VOCAB with --ids.
 #include <litcore/litcore.h>
 
 #include <cstdio>
@@ -69,6 +70,21 @@ int main(int argc, char** argv) {
     at::Tensor flat = out.reshape(-1).to(torch::kDouble);
     for (int64_t i = 0; i < std::min<int64_t>(flat.numel(), 4); ++i) std::printf(" %.9g", flat[i].item<double>());
     std::cout << std::endl;
+    litcore::Engine& engine = litcore::engine_of(module);
+    for (const auto& p : engine.placements()) {
+      std::cout << "plan " << litcore::residency_name(p.residency) << " " << p.nbytes << " " << p.name << "\n";
+    }
+    auto passes = engine.passes();
+    for (size_t i = 0; i < passes.size(); ++i) {
+      std::cout << "pass " << i;
+      for (const auto& s : passes[i].fields()) {
+        std::cout << " " << s.name << "=";
+        if (s.integer) std::cout << static_cast<uint64_t>(s.value);
+        else std::cout << s.value;
+      }
+      std::cout << "\n";
+    }
+    std::cout << std::flush;
   } catch (const litcore::FormatError& e) {
     std::cerr << "litcore::FormatError: " << e.what() << "\n";
     return 3;

@@ -11,7 +11,7 @@ from torch import nn
 
 from litcore.store import Store
 
-__all__ = ["WeightsMismatchError", "ModuleSlot", "Binding", "bind"]
+__all__ = ["WeightsMismatchError", "UnitBinding", "Binding", "UnitSpec", "bind"]
 
 
 class WeightsMismatchError(RuntimeError):
@@ -25,8 +25,8 @@ class WeightsMismatchError(RuntimeError):
 
 
 @dataclass
-class ModuleSlot:
-    """The tensors one module owns directly (its own parameters and buffers)."""
+class UnitBinding:
+    """One unit: a module and the tensors it owns directly (its own parameters and buffers)."""
 
     name: str
     module: nn.Module
@@ -38,11 +38,27 @@ class ModuleSlot:
         return any(not is_param for _, _, is_param in self.bindings)
 
 
+# Modules that read their weight by row lookup: a forward touches a few pages of it.
+LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
+
+UnitSpec = Tuple[str, List[str], bool, bool]  # the engine's unit: name, stored tensors, streamable, lookup
+
+
 @dataclass
 class Binding:
-    slots: List[ModuleSlot]
+    units: List[UnitBinding]  # modules owning stored tensors, in registration order
     missing: List[str]
     unexpected: List[str]
+
+    def specs(self, root: nn.Module, *, lookups: bool = True) -> List[UnitSpec]:
+        """The units as the engine takes them. A leaf module holding only parameters can
+        stream; with `lookups`, embeddings are read by lookup (on a GPU they are copied whole)."""
+        out = []
+        for u in self.units:
+            leaf = next(iter(u.module.children()), None) is None and u.module is not root
+            lookup = lookups and isinstance(u.module, LOOKUP_MODULES)
+            out.append((u.name or "<root>", list(u.file_keys), leaf and not u.has_buffers, lookup))
+        return out
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -67,10 +83,10 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
     # Who owns what: (module, attribute) for every name, grouped by tensor identity (ties).
     owners: Dict[int, List[Tuple[str, nn.Module, str, bool]]] = {}
     tensors: Dict[int, torch.Tensor] = {}
-    slots: Dict[int, ModuleSlot] = {}
+    units: Dict[int, UnitBinding] = {}
     non_persistent: set = set()
     for prefix, mod in model.named_modules(remove_duplicate=False):
-        slot = slots.setdefault(id(mod), ModuleSlot(prefix, mod))
+        unit = units.setdefault(id(mod), UnitBinding(prefix, mod))
         for attr, value in list(mod._parameters.items()) + list(mod._buffers.items()):
             if value is None:
                 continue
@@ -131,9 +147,9 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
                 mod._parameters[attr] = new if is_param else nn.Parameter(value, requires_grad=requires_grad)
             else:
                 mod._buffers[attr] = value
-            slot = slots[id(mod)]
-            slot.file_keys.append(info.alias_of or key)
-            slot.bindings.append((attr, key, attr in mod._parameters))
+            unit = units[id(mod)]
+            unit.file_keys.append(info.alias_of or key)
+            unit.bindings.append((attr, key, attr in mod._parameters))
     # Whatever is still on the meta device (missing, non-strict) gets zeros, never garbage.
     for tid, names in owners.items():
         current = tensors[tid]
@@ -151,6 +167,6 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
     if leftovers:
         raise WeightsMismatchError(f"litcore: buffers left without values (computed from weights at construction): "
                                    f"{_describe(leftovers)}", leftovers, [], [])
-    for slot in slots.values():
-        slot.file_keys = list(dict.fromkeys(slot.file_keys))
-    return Binding([s for s in slots.values() if s.file_keys], sorted(missing), unexpected)
+    for unit in units.values():
+        unit.file_keys = list(dict.fromkeys(unit.file_keys))
+    return Binding([u for u in units.values() if u.file_keys], sorted(missing), unexpected)

@@ -1,4 +1,8 @@
-"""Streaming weights from the file to a CUDA device.
+"""Streaming weights from the file to a CUDA device (device="cuda").
+
+Until the native engine has its CUDA backend (csrc/include/litcore/device_backend.h), this
+module is the GPU runtime, in Python: `CudaRuntime` offers the engine's interface (begin,
+enter, exit, end, plan, statistics) to the hooks and plans with the same native planner.
 
 Weights that fit the GPU budget are copied to the device once. The others stream through a
 small ring of pinned host buffers: the native prefetcher brings a module's pages in from the
@@ -13,17 +17,22 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, List, Optional, Sequence, Set, Tuple
+import time
+from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
 
+from litcore._native import _C
+from litcore.binding import Binding
+from litcore.budget import Budget, resolve_budget
+from litcore.residency import Plan, Unit, device_plan, host_plan
 from litcore.store import Store
 
 _ALIGN = 256  # device pointers aligned for every dtype and vectorised kernels
 RING_SLOTS = 3  # one being read by kernels, one being copied, one being filled on the host
 
-Binding = Tuple[nn.Module, str, str, bool]  # module, attribute, file key, is_parameter
+TensorBinding = Tuple[nn.Module, str, str, bool]  # module, attribute, file key, is_parameter
 
 
 def gpu_auto_budget(device: torch.device) -> int:
@@ -36,7 +45,7 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _bind(bindings: Sequence[Binding], tensors: Sequence[torch.Tensor]) -> None:
+def _bind(bindings: Sequence[TensorBinding], tensors: Sequence[torch.Tensor]) -> None:
     for (module, attr, _, is_param), t in zip(bindings, tensors):
         if is_param:
             module._parameters[attr] = nn.Parameter(t, requires_grad=module._parameters[attr].requires_grad)
@@ -44,7 +53,7 @@ def _bind(bindings: Sequence[Binding], tensors: Sequence[torch.Tensor]) -> None:
             module._buffers[attr] = t
 
 
-def move_resident(bindings: Sequence[Binding], store: Store, device: torch.device) -> int:
+def move_resident(bindings: Sequence[TensorBinding], store: Store, device: torch.device) -> int:
     """Copies weights to the device for good; returns the bytes copied."""
     copied: Dict[str, torch.Tensor] = {}
     total = 0
@@ -59,7 +68,7 @@ def move_resident(bindings: Sequence[Binding], store: Store, device: torch.devic
 class CudaStreamer:
     """The pinned ring, copy stream and events for streamed units (see the module doc)."""
 
-    def __init__(self, device: torch.device, store: Store, units: Dict[int, List[Binding]], order: Sequence[int],
+    def __init__(self, device: torch.device, store: Store, units: Dict[int, List[TensorBinding]], order: Sequence[int],
                  host_prefetcher=None, host_streamed: Set[int] = frozenset(), slots: int = RING_SLOTS) -> None:
         self.device = device
         self.store = store
@@ -226,3 +235,121 @@ class CudaStreamer:
     def close(self) -> None:
         self._stop_thread()
         self.copy_stream.synchronize()  # no copy may still write a buffer about to be freed
+
+
+class CudaRuntime:
+    """device="cuda": weights that fit `gpu_memory_budget` go to the device once; the rest
+    stream through the CudaStreamer's ring. Of those, the ones that fit the host
+    `memory_budget` stay in host memory (read once); the others are read from the file on
+    every forward by a native prefetch reader. The feed order follows the order recorded on
+    the first forward and after a miss or mispredict."""
+
+    def __init__(self, module: nn.Module, store: Store, binding: Binding, device: torch.device, *,
+                 memory_budget: int, gpu_memory_budget: Budget, threads: int, read_mode: str) -> None:
+        self.store = store
+        self.device = device
+        self.units: List[Unit] = [Unit(*u) for u in _C.units_of(store.native, binding.specs(module, lookups=False))]
+        self.budget = memory_budget
+        gpu_budget = (gpu_auto_budget(device) if gpu_memory_budget in (None, "auto")
+                      else resolve_budget(gpu_memory_budget))
+        self.device_plan = device_plan(self.units, list(range(len(self.units))), gpu_budget, slots=RING_SLOTS)
+        keys = [list(u.file_keys) for u in binding.units]
+        bindings = {i: [(u.module, attr, key, is_param) for attr, key, is_param in u.bindings]
+                    for i, u in enumerate(binding.units)}
+        move_resident([b for i in sorted(self.device_plan.resident) for b in bindings[i]], store, device)
+        store.release([k for i in self.device_plan.resident for k in keys[i]])  # host copy no longer needed
+        for m in module.modules():  # computed buffers (not in the file) follow the model
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.device.type != "cuda":
+                    m._buffers[name] = b.to(device)
+        streamed = {i: bindings[i] for i in set(self.device_plan.streamed_order)}
+        self.host_plan = host_plan(self.units, self.device_plan, memory_budget)
+        kept = sorted(i for i in self.host_plan.resident if i in streamed)
+        self.warmup = _C.WarmupReader(store.native, [store.native.byte_ranges(keys[i]) for i in kept]) if kept else None
+        self.host = None
+        if self.host_plan.streams:
+            self.host = _C.Prefetcher(store.native, [store.native.byte_ranges(k) for k in keys],
+                                      self.host_plan.window_bytes, threads, read_mode)
+        self.streamer = CudaStreamer(device, store, streamed, self.device_plan.streamed_order, host_prefetcher=self.host,
+                                     host_streamed=set(self.host_plan.streamed_order))
+        self._passes: List[Dict[str, Any]] = []
+        self._order: List[int] = []
+        self._recorded = False
+        self._depth = 0
+        self._started = 0.0
+
+    # ---- the pass interface -------------------------------------------------------------
+
+    def hooked_units(self) -> List[int]:
+        return sorted(set(self.device_plan.streamed_order))
+
+    def begin(self, restart: bool = False) -> None:
+        if self._depth == 0:
+            if self.warmup is not None:
+                self.warmup.stop()
+            self._order = []
+            self._started = time.perf_counter()
+        self._depth += 1
+
+    def enter(self, unit: int) -> None:
+        self._order.append(unit)
+        self.streamer.wait(unit)
+
+    def exit(self, unit: int) -> None:
+        self.streamer.done(unit)
+
+    def end(self) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        entry: Dict[str, Any] = {"forward_seconds": time.perf_counter() - self._started, "bytes_read": 0,
+                                 "prefetch_hits": 0, "prefetch_misses": 0, "mispredicts": 0, "io_wait_seconds": 0.0,
+                                 "peak_in_flight_bytes": 0}
+        if self.host is not None:
+            s = self.host.stats()
+            self.host.reset_stats()
+            entry.update(bytes_read=s["bytes_read"], prefetch_hits=s["hits"], prefetch_misses=s["misses"],
+                         mispredicts=s["mispredicts"], io_wait_seconds=s["wait_seconds"],
+                         peak_in_flight_bytes=s["peak_in_flight_bytes"])
+        g = self.streamer.take_stats()  # the host prefetcher follows the feeder: misses show here
+        entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"],
+                     gpu_mispredicts=g["mispredicts"])
+        mispredicted = entry["mispredicts"] + g["misses"] + g["mispredicts"] > 0
+        if (not self._recorded or mispredicted) and self._order:
+            self._recorded = True  # device residency stays; only the feed order follows
+            if [i for i in self._order if i in self.streamer.units] != self.streamer.order:
+                self.streamer.set_order(self._order)
+        entry["resident_bytes"] = self.device_plan.resident_bytes
+        entry["streamed_runs"] = self.device_plan.runs
+        self._passes.append(entry)
+
+    # ---- plan and statistics ------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        return self.device_plan
+
+    def passes(self) -> List[Dict[str, Any]]:
+        return [dict(p) for p in self._passes]
+
+    def summary(self) -> Dict[str, Any]:
+        p = self.device_plan
+        return {"host_resident_bytes": self.host_plan.resident_bytes,
+                "host_streamed_bytes_per_forward": self.host_plan.streamed_bytes,
+                "forwards": len(self._passes), "budget_bytes": self.budget, "weight_bytes": p.total_bytes,
+                "resident_bytes": p.resident_bytes, "streamed_bytes_per_forward": p.streamed_bytes,
+                "lookup_bytes": p.lookup_bytes, "window_bytes": p.window_bytes, "streamed_runs": p.runs,
+                "warmup_bytes_read": self.warmup.bytes_read if self.warmup is not None else 0,
+                "warmup_running": int(self.warmup is not None and self.warmup.running)}
+
+    def totals(self) -> Dict[str, Any]:
+        keys = ["forward_seconds", "bytes_read", "prefetch_hits", "prefetch_misses", "mispredicts", "io_wait_seconds",
+                "gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses", "gpu_mispredicts"]
+        return {k: sum(p[k] for p in self._passes) for k in keys}
+
+    def take_warnings(self) -> List[str]:
+        return []
+
+    def close(self) -> None:
+        self.streamer.close()
+        self.host = None
+        self.warmup = None

@@ -1,16 +1,18 @@
 """TorchScript with weights outside the program: `litcore.jit.save` writes a module's
 parameters and persistent buffers to a .lit file and a TorchScript file without them;
-the program itself reads its weights through `torch.classes.litcore.Store` and, under a
-memory budget, brings each module's weights in before it runs and drops them after.
+the program itself reads its weights through the engine, `torch.classes.litcore.Engine`,
+which under a memory budget brings each module's weights in before it runs and drops
+them after, learning the execution order as the Python hooks do.
 
 How the saved program is wired (all TorchScript, so it runs the same from C++):
-- the root gets `_litcore_store` (a Store, pickled by path), `_litcore_bound`,
-  `_litcore_groups` (tensor names per weight-owning module), `_litcore_streamable` and
-  `_litcore_on_demand` (embeddings: read by lookup, never ahead);
+- the root gets `_litcore_engine` (pickled by the weight file's path), `_litcore_bound`,
+  `_litcore_units` (stored tensor names per weight-owning module), `_litcore_streamable`
+  and `_litcore_lookup` (embeddings: read by lookup, never ahead);
 - a generated `_litcore_bind()` method points every parameter and buffer at the store's
-  zero-copy tensors (`set_`), once, and the root's `forward` calls it first;
-- every weight-owning leaf module gets `_litcore_store` and `_litcore_group`, and its
-  `forward` graph is wrapped in `store.enter(group)` / `store.exit(group)`.
+  zero-copy tensors (`set_`), once; the root's `forward` calls it, then `engine.begin()`,
+  and `engine.end()` before it returns;
+- every streamable leaf module gets `_litcore_engine` and `_litcore_unit`, and its
+  `forward` graph is wrapped in `engine.enter(unit)` / `engine.exit(unit)`.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from litcore.store import PathLike
 
 __all__ = ["save", "load"]
 
-# Modules that read their weight by row lookup: a forward touches a few pages of it.
+# Modules that read their weight by row lookup (binding.LOOKUP_MODULES, by TorchScript name).
 _LOOKUP_MODULES = ("Embedding", "EmbeddingBag")
 
 
@@ -56,23 +58,30 @@ def _owned(module: torch.jit.ScriptModule) -> Dict[str, List[Tuple[str, str, tor
     return owned
 
 
-def _insert_enter_exit(sub: torch.jit.ScriptModule, store_type) -> None:
-    graph = sub._c._get_method("forward").graph
+def _insert_call(graph, engine_type, method: str, before, unit: bool) -> None:
+    """Inserts `self._litcore_engine.<method>(self._litcore_unit)` (or without the unit) before `before`."""
     self_value = next(iter(graph.inputs()))
-    first = next(iter(graph.nodes()))
-    for where, method in ((first, "enter"), (graph.return_node(), "exit")):
-        store = graph.create("prim::GetAttr", [self_value])
-        store.s_("name", "_litcore_store")
-        store.output().setType(store_type)
-        group = graph.create("prim::GetAttr", [self_value])
-        group.s_("name", "_litcore_group")
-        group.output().setType(torch._C.IntType.get())
-        call = graph.create("prim::CallMethod", [store.output(), group.output()])
-        call.s_("name", method)
-        call.output().setType(torch._C.NoneType.get())
-        store.insertBefore(where)
-        group.insertBefore(where)
-        call.insertBefore(where)
+    engine = graph.create("prim::GetAttr", [self_value])
+    engine.s_("name", "_litcore_engine")
+    engine.output().setType(engine_type)
+    engine.insertBefore(before)
+    args = [engine.output()]
+    if unit:
+        index = graph.create("prim::GetAttr", [self_value])
+        index.s_("name", "_litcore_unit")
+        index.output().setType(torch._C.IntType.get())
+        index.insertBefore(before)
+        args.append(index.output())
+    call = graph.create("prim::CallMethod", args)
+    call.s_("name", method)
+    call.output().setType(torch._C.NoneType.get())
+    call.insertBefore(before)
+
+
+def _insert_enter_exit(sub: torch.jit.ScriptModule, engine_type) -> None:
+    graph = sub._c._get_method("forward").graph
+    _insert_call(graph, engine_type, "enter", next(iter(graph.nodes())), unit=True)
+    _insert_call(graph, engine_type, "exit", graph.return_node(), unit=True)
 
 
 def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: PathLike) -> None:
@@ -84,13 +93,13 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
     save_weights({k: v.detach() for k, v in module.state_dict().items()}, weights_path,
                  metadata={"litcore.source": "litcore.jit.save"})
     program = _copy(module)
-    store = torch.classes.litcore.Store(os.path.abspath(weights_path))
-    store_type = store._type()
+    engine = torch.classes.litcore.Engine(os.path.abspath(weights_path))
+    engine_type = engine._type()
     owned = _owned(program)
     modules = dict(program.named_modules())
-    groups: List[List[str]] = []
+    units: List[List[str]] = []
     streamable: List[bool] = []
-    on_demand: List[bool] = []
+    lookup: List[bool] = []
     bind_lines: List[str] = []
     key_users: Dict[int, int] = {}
     for entries in owned.values():
@@ -103,33 +112,36 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
         is_leaf = next(iter(sub.children()), None) is None and path != ""
         only_params = all(attr in dict(sub.named_parameters(recurse=False)) for attr, _, _ in entries)
         shared = any(key_users[id(t)] > 1 for _, _, t in entries)
-        group = len(groups)
-        groups.append(names)
+        unit = len(units)
+        units.append(names)
         streamable.append(is_leaf and only_params and not shared)
-        on_demand.append(sub.original_name in _LOOKUP_MODULES)
+        lookup.append(sub.original_name in _LOOKUP_MODULES)
         for attr, key, tensor in entries:
-            bind_lines.append(f'        {_path_expr(path)}.{attr}.set_(self._litcore_store.get("{key}"))')
+            bind_lines.append(f'        {_path_expr(path)}.{attr}.set_(self._litcore_engine.get("{key}"))')
             sub._c.setattr(attr, torch.empty(0, dtype=tensor.dtype).requires_grad_(tensor.requires_grad))
         if path and streamable[-1]:
-            sub._c._register_attribute("_litcore_store", store_type, store)
-            sub._c._register_attribute("_litcore_group", torch._C.IntType.get(), group)
+            sub._c._register_attribute("_litcore_engine", engine_type, engine)
+            sub._c._register_attribute("_litcore_unit", torch._C.IntType.get(), unit)
             type_name = sub._c._type().qualified_name()
             if type_name not in wrapped_types:
                 wrapped_types.add(type_name)
-                _insert_enter_exit(sub, store_type)
-    program._c._register_attribute("_litcore_store", store_type, store)
+                _insert_enter_exit(sub, engine_type)
+    program._c._register_attribute("_litcore_engine", engine_type, engine)
     program._c._register_attribute("_litcore_bound", torch._C.BoolType.get(), False)
-    program._c._register_attribute("_litcore_groups", torch._C.ListType(torch._C.ListType(torch._C.StringType.get())), groups)
+    program._c._register_attribute("_litcore_units", torch._C.ListType(torch._C.ListType(torch._C.StringType.get())), units)
     program._c._register_attribute("_litcore_streamable", torch._C.ListType(torch._C.BoolType.get()), streamable)
-    program._c._register_attribute("_litcore_on_demand", torch._C.ListType(torch._C.BoolType.get()), on_demand)
+    program._c._register_attribute("_litcore_lookup", torch._C.ListType(torch._C.BoolType.get()), lookup)
     source = "\n".join(["def _litcore_bind(self) -> None:", "    if self._litcore_bound:", "        return",
                         "    with torch.no_grad():", *(bind_lines or ["        pass"]), "    self._litcore_bound = True", ""])
     program.define(source)
     graph = program._c._get_method("forward").graph
+    first = next(iter(graph.nodes()))
     call = graph.create("prim::CallMethod", [next(iter(graph.inputs()))])
     call.s_("name", "_litcore_bind")
     call.output().setType(torch._C.NoneType.get())
-    call.insertBefore(next(iter(graph.nodes())))
+    call.insertBefore(first)
+    _insert_call(graph, engine_type, "begin", first, unit=False)
+    _insert_call(graph, engine_type, "end", graph.return_node(), unit=False)
     # Atomic like every litcore write: a crash never leaves a half-written program.
     directory = os.path.dirname(os.path.abspath(model_path))
     fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(model_path) + ".", suffix=".litcore-partial", dir=directory)
@@ -143,21 +155,23 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
         raise
 
 
-def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget = "auto") -> torch.jit.ScriptModule:
+def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget = "auto",
+         threads: int = 1) -> torch.jit.ScriptModule:
     """Loads a program written by `save`, reading its weights from `weights_path` within
-    `memory_budget` (bytes, "1.5GiB", or "auto"), with the same plan as LitModule."""
+    `memory_budget` (bytes, "1.5GiB", or "auto") through the same engine as LitModule.
+    The engine is `program._litcore_engine`: `summary()`, `passes()` and `placements()`
+    give the same statistics and plan as `LitModule.stats()` and `LitModule.plan`."""
     import litcore  # noqa: F401  registers torch.classes.litcore
 
     model_path, weights_path = os.fspath(model_path), os.fspath(weights_path)
     program = torch.jit.load(model_path)
-    if not hasattr(program, "_litcore_groups"):
+    if not hasattr(program, "_litcore_units"):
         raise ValueError(f"litcore: '{model_path}' was not saved by litcore.jit.save")
-    store = torch.classes.litcore.Store(weights_path)
+    engine = torch.classes.litcore.Engine(weights_path)
     for sub in program.modules():
-        if hasattr(sub, "_litcore_store"):
-            sub._c.setattr("_litcore_store", store)
+        if hasattr(sub, "_litcore_engine"):
+            sub._c.setattr("_litcore_engine", engine)
     program._c.setattr("_litcore_bound", False)
     budget = 0 if memory_budget is None or memory_budget == "auto" else parse_size(memory_budget)
-    on_demand = list(getattr(program, "_litcore_on_demand", []))  # absent in older programs
-    store.configure(program._litcore_groups, program._litcore_streamable, on_demand, budget)
+    engine.configure(program._litcore_units, program._litcore_streamable, program._litcore_lookup, budget, threads)
     return program.eval()

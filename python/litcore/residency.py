@@ -11,12 +11,13 @@ cannot hide its read (the reader stays only a window ahead); given rates measure
 forwards (`PassRates`), the planner also models 2-8 runs spread along the order and keeps the
 fastest layout (csrc/src/pass_model.cpp). Embeddings are read by row lookup, so they
 are never read ahead: their touched pages fault in and leave after use. The planner is
-native (csrc/src/residency.cpp), shared with TorchScript programs and C++ applications.
+native (csrc/src/residency.cpp); the engine (csrc/src/engine.cpp) plans with it for every
+entry point. These functions expose it for inspection, tests and the CUDA path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Set
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Set, Tuple
 
 from litcore._native import _C
 
@@ -46,19 +47,63 @@ class PassRates:
 
 @dataclass
 class Plan:
+    """Where each unit's weights live. Unit indices for the planner's callers; in module
+    names through `placements()`, `resident_modules`, `streamed_modules`, `lookup_modules`
+    and `str(plan)`. resident + streamed + lookup bytes = total bytes."""
+
     resident: Set[int]          # unit indices kept in memory
     streamed_order: List[int]   # cyclic execution order of streamed units (repeats kept)
     window_bytes: int           # streamed bytes that may be in memory at once
     resident_bytes: int
-    streamed_bytes: int         # bytes read ahead per forward (on-demand units: only what they touch)
+    streamed_bytes: int         # bytes read ahead per forward
+    lookup_bytes: int           # units read by lookup (embeddings): only touched rows are read
     budget: int
     total_bytes: int
     runs: int = 0                 # separate runs the streamed units form along the order
     modeled_seconds: float = 0.0  # the pass model's forward time (0: no rates given)
+    units: Sequence[Unit] = field(default=(), repr=False, compare=False)
 
     @property
     def streams(self) -> bool:
         return bool(self.streamed_order)
+
+    def placements(self) -> List[Tuple[str, str, int]]:
+        """(module name, "resident" | "streamed" | "lookup", bytes) for every unit."""
+        return [(u.name, "resident" if i in self.resident else "lookup" if u.on_demand else "streamed", u.nbytes)
+                for i, u in enumerate(self.units)]
+
+    def _named(self, residency: str) -> List[str]:
+        return [name for name, where, _ in self.placements() if where == residency]
+
+    @property
+    def resident_modules(self) -> List[str]:
+        return self._named("resident")
+
+    @property
+    def streamed_modules(self) -> List[str]:
+        """Streamed modules in the order they are read."""
+        names = [self.units[i].name for i in self.streamed_order if not self.units[i].on_demand]
+        return list(dict.fromkeys(names))
+
+    @property
+    def lookup_modules(self) -> List[str]:
+        return self._named("lookup")
+
+    def __str__(self) -> str:
+        mib = 2**20
+        lines = [f"budget {self.budget / mib:.1f} MiB, weights {self.total_bytes / mib:.1f} MiB: "
+                 f"resident {self.resident_bytes / mib:.1f}, streamed {self.streamed_bytes / mib:.1f} "
+                 f"per forward in {self.runs} run(s) through a {self.window_bytes / mib:.1f} MiB window, "
+                 f"read by lookup {self.lookup_bytes / mib:.1f}"]
+        lines += [f"  {where:<8} {nbytes / mib:10.2f} MiB  {name}" for name, where, nbytes in self.placements()]
+        return "\n".join(lines)
+
+
+def plan_from_native(values: tuple, units: Sequence[Unit]) -> Plan:
+    """A Plan from the native planner's or engine's tuple."""
+    resident, streamed, window, resident_bytes, streamed_bytes, lookup_bytes, budget, total, runs, modeled = values
+    return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, lookup_bytes, budget, total,
+                runs, modeled, tuple(units))
 
 
 def _native_units(units: Sequence[Unit]) -> list:
@@ -78,9 +123,8 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: 
     With `rates`, what streams may be spread in several runs when the pass model predicts
     it faster; a layout other than `current_runs` runs must win by 5%.
     Raises BudgetTooSmallError naming the module that cannot fit."""
-    resident, streamed, window, resident_bytes, streamed_bytes, budget, total, runs, modeled = _C.make_plan(
-        _native_units(units), list(order), int(budget), set(ran or ()), depth, _native_rates(rates), current_runs)
-    return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, budget, total, runs, modeled)
+    return plan_from_native(_C.make_plan(_native_units(units), list(order), int(budget), set(ran or ()), depth,
+                                         _native_rates(rates), current_runs), units)
 
 
 def model_pass_seconds(units: Sequence[Unit], order: Sequence[int], plan: Plan, rates: PassRates) -> float:
@@ -90,25 +134,14 @@ def model_pass_seconds(units: Sequence[Unit], order: Sequence[int], plan: Plan, 
 
 
 def measure_rates(units: Sequence[Unit], order: Sequence[int], forward_seconds: float, prefetch_stats: dict,
-                  previous: Optional[PassRates] = None, *, min_read_bytes: int = 16 << 20) -> Optional[PassRates]:
-    """The pass model's rates from one forward: its time outside IO waits over the weight
-    bytes it used, and the prefetcher's read times (`Prefetcher.stats()`). What the forward
-    read too little to tell is taken from `previous`; None when nothing is known yet."""
-    s = prefetch_stats
-    used = sum(units[i].nbytes for i in order if not units[i].on_demand)
-    compute = max(forward_seconds - s["wait_seconds"], 0.0)
-    read_bytes, read_seconds = s["bytes_read"] - s["seek_read_bytes"], s["read_seconds"] - s["seek_read_seconds"]
-    read = previous.read_seconds_per_byte if previous else 0.0
-    if read_bytes >= min_read_bytes:
-        read = read_seconds / read_bytes
-    elif s["bytes_read"] >= min_read_bytes:
-        read = s["read_seconds"] / s["bytes_read"]
-    seek = previous.seek_seconds if previous else 0.0
-    if s["seek_reads"] and read:
-        seek = max(s["seek_read_seconds"] - s["seek_read_bytes"] * read, 0.0) / s["seek_reads"]
-    if not used or not compute or not read:
-        return previous
-    return PassRates(compute / used, read, seek)
+                  previous: Optional[PassRates] = None) -> Optional[PassRates]:
+    """The pass model's rates from one forward, as the engine measures them after each
+    (csrc/include/litcore/pass_model.h): its time outside IO waits over the weight bytes it
+    used, and the prefetch reader's timings (`Prefetcher.stats()`). What the forward read too
+    little to tell is taken from `previous`; None when nothing is known yet."""
+    r = PassRates(*_C.measure_rates(_native_units(units), list(order), forward_seconds, prefetch_stats,
+                                    _native_rates(previous)))
+    return r if r.compute_seconds_per_byte > 0 and r.read_seconds_per_byte > 0 else None
 
 
 def host_plan(units: Sequence[Unit], device_plan: Plan, budget: int) -> Plan:
@@ -137,8 +170,8 @@ def device_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, slo
         ring = slots * (max(units[i].nbytes for i in streamed) + slot_overhead) if streamed else 0
         over = plan.resident_bytes + ring - budget
         if over <= 0:
-            return Plan(plan.resident, plan.streamed_order, ring, plan.resident_bytes, plan.streamed_bytes, budget,
-                        plan.total_bytes, plan.runs)
+            return Plan(plan.resident, plan.streamed_order, ring, plan.resident_bytes, plan.streamed_bytes,
+                        plan.lookup_bytes, budget, plan.total_bytes, plan.runs, units=plan.units)
         room -= over
         if room <= 0:
             break

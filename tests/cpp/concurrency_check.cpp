@@ -34,25 +34,25 @@ int main(int argc, char** argv) {
       store.release(keys);
     }
   });
-  std::vector<std::vector<litcore::ByteRange>> groups;
+  std::vector<std::vector<litcore::ByteRange>> units;
   for (const auto& k : keys) {
     std::vector<litcore::ByteRange> r;
     for (const auto& [off, len] : store.byte_ranges({k})) r.push_back({off, len});
-    groups.push_back(r);
+    units.push_back(r);
   }
   {
     litcore::Prefetcher::Options options;
     options.window_bytes = 1 << 20;
     options.threads = 2;
-    litcore::Prefetcher prefetcher(store.mapping(), groups, options);
-    std::vector<int> order(groups.size());
+    litcore::Prefetcher prefetcher(store.mapping(), units, options);
+    std::vector<int> order(units.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
     prefetcher.set_order(order);
     std::vector<std::thread> drivers;
     for (int d = 0; d < 4; ++d) {
       drivers.emplace_back([&, d] {
         for (int step = 0; step < 500; ++step) {
-          int g = (step + d * 3) % static_cast<int>(groups.size());
+          int g = (step + d * 3) % static_cast<int>(units.size());
           prefetcher.wait(g);
           at::Tensor t = store.get(keys[g]);
           if (litcore::xxh64(t.data_ptr(), t.nbytes()) != store.info(keys[g]).checksum) ++errors;

@@ -3,7 +3,9 @@
 #pragma once
 
 #include "litcore/checksum.h"
+#include "litcore/device_backend.h"
 #include "litcore/dtype.h"
+#include "litcore/engine.h"
 #include "litcore/errors.h"
 #include "litcore/format.h"
 #include "litcore/mapping.h"
@@ -11,7 +13,8 @@
 #include "litcore/pass_model.h"
 #include "litcore/prefetcher.h"
 #include "litcore/residency.h"
-#include "litcore/script_store.h"
+#include "litcore/script_engine.h"
 #include "litcore/store.h"
+#include "litcore/warmup.h"
 #include "litcore/version.h"
 #include "litcore/writer.h"

@@ -6,18 +6,27 @@
 #include <cstdint>
 #include <string>
 
+#include "litcore/engine.h"
+#include "litcore/script_engine.h"
+
 namespace litcore {
 
 struct Options {
   // Bytes of memory for weights, resident and in flight; 0 means auto_budget().
   int64_t memory_budget = 0;
+  int threads = 1;  // prefetch reader threads
 };
 
-// torch::jit::load(model_path), then points every litcore.Store attribute of the program at
-// `weights_path` and plans residency under `options.memory_budget`. Throws
-// std::invalid_argument if the program was not saved by litcore.jit.save, IOError/FormatError
-// for a bad weight file, BudgetTooSmallError for a budget that cannot run the model.
+// torch::jit::load(model_path), then points the program's engine at `weights_path` and starts
+// it under `options` (the same engine, plan and order learning as Python's LitModule).
+// Throws std::invalid_argument if the program was not saved by litcore.jit.save or an option
+// is out of range, IOError/FormatError for a bad weight file, BudgetTooSmallError for a
+// budget that cannot run the model.
 torch::jit::Module load_module(const std::string& model_path, const std::string& weights_path,
                                const Options& options = {});
+
+// The engine of a program returned by load_module: its plan(), placements(), passes()
+// (per-forward statistics) and summary().
+Engine& engine_of(const torch::jit::Module& module);
 
 }  // namespace litcore

@@ -6,6 +6,7 @@
 #include <set>
 #include <vector>
 
+#include "litcore/prefetcher.h"
 #include "litcore/residency.h"
 
 namespace litcore {
@@ -17,6 +18,14 @@ namespace litcore {
 // On-demand units cost neither reads nor compute here.
 double model_pass_seconds(const std::vector<Unit>& units, const std::vector<int>& order,
                           const std::set<int>& streamed, uint64_t window_bytes, const PassRates& rates);
+
+// The rates from one forward: its time outside IO waits over the weight bytes it used, and
+// the prefetch reader's timings. What the forward read too little to tell (under
+// `min_read_bytes`) is taken from `previous`; `previous` itself is returned when the forward
+// tells nothing (no compute, nothing read ever).
+PassRates measure_rates(const std::vector<Unit>& units, const std::vector<int>& order, double forward_seconds,
+                        const PrefetchStats& stats, const PassRates& previous = {},
+                        uint64_t min_read_bytes = 16ull << 20);
 
 // How many separate runs the streamed units form along the cyclic `order`.
 int count_runs(const std::vector<Unit>& units, const std::vector<int>& order, const std::set<int>& streamed);

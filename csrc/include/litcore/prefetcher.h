@@ -1,4 +1,4 @@
-// The streaming scheduler: brings groups of byte ranges (one module's weights) into memory
+// The prefetch reader: brings units (one module's weights: a few byte ranges) into memory
 // on native threads, ahead of use, in a recorded cyclic order, within a byte window; and
 // drops them from memory and page cache right after use.
 #pragma once
@@ -26,12 +26,15 @@ struct ByteRange {
 };
 
 struct PrefetchStats {
-  uint64_t bytes_read = 0;    // bytes brought in for streamed groups
-  uint64_t hits = 0;          // wait() found the group already in memory
+  // Bytes read for the units used since the last reset_stats(), counted when a unit is used
+  // (or dropped unused): what a pass read for itself, whenever the reader read it ahead.
+  uint64_t bytes_read = 0;
+  uint64_t hits = 0;          // wait() found the unit already in memory
   uint64_t misses = 0;        // wait() had to wait for, or do, the read
-  uint64_t mispredicts = 0;   // wait() for a group other than the predicted next one
+  uint64_t mispredicts = 0;   // wait() for a unit other than the predicted next one
   double wait_seconds = 0;    // time wait() blocked the caller
-  double read_seconds = 0;    // time spent reading groups (on the workers or in wait())
+  double read_seconds = 0;    // time spent reading units (on the workers or in wait())
+  uint64_t timed_bytes = 0;   // the bytes those reads brought in
   // Reads that did not continue the previous one (the planner's seek cost comes from these).
   uint64_t seek_reads = 0;
   uint64_t seek_read_bytes = 0;
@@ -40,7 +43,7 @@ struct PrefetchStats {
   uint64_t peak_in_flight_bytes = 0;
 };
 
-// How a group is read (Mapping::fill_cache, then MADV_POPULATE_READ maps the cached pages).
+// How a unit is read (Mapping::fill_cache, then MADV_POPULATE_READ maps the cached pages).
 enum class ReadMode {
   Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy (the default)
   Pread,     // 8 MiB preads into a scratch buffer: the same readahead, plus a copy
@@ -53,53 +56,52 @@ class Prefetcher {
     uint64_t window_bytes = 0;  // streamed bytes allowed in memory at once (loaded or loading)
     int threads = 1;
     ReadMode read_mode = ReadMode::Sendfile;
-    // Groups are read once and kept (warming a resident set): the mapping keeps its normal
-    // access advice. Otherwise streamed groups are advised for forward-only readahead.
-    bool keep = false;
-    // Per group (empty: none): read by lookup, so never read ahead; its pages come in by
-    // fault during use, cost no window, and are dropped by done() like any streamed group.
+    // Per unit (empty: none): read by lookup, so never read ahead; its pages come in by
+    // fault during use, cost no window, and are dropped by done() like any streamed unit.
     std::vector<bool> on_demand;
   };
 
-  // `groups[i]` are the byte ranges of group i in the mapping.
-  Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> groups, Options options);
+  // `units[i]` are the byte ranges of unit i in the mapping.
+  Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units, Options options);
   ~Prefetcher();
   Prefetcher(const Prefetcher&) = delete;
   Prefetcher& operator=(const Prefetcher&) = delete;
 
-  // The cyclic order in which streamed groups are expected (repeats allowed). Groups that
+  // The cyclic order in which streamed units are expected (repeats allowed). Units that
   // never appear are resident: wait()/done() ignore them. Releases what the old order had.
   void set_order(const std::vector<int>& order);
-  // Blocks until `group` is in memory. A group other than the predicted one is read at
+  // Blocks until `unit` is in memory. A unit other than the predicted one is read at
   // once (a wrong guess costs time, never correctness: the mapping is always valid); if it
   // is a few positions ahead the predictions in between stay, otherwise they are dropped.
-  void wait(int group);
-  // The caller is done with `group`: a streamed group is dropped from memory.
-  void done(int group);
-  // Drops every streamed group not in use (e.g. between runs).
+  void wait(int unit);
+  // The caller is done with `unit`: a streamed unit is dropped from memory.
+  void done(int unit);
+  // Drops every streamed unit not in use (e.g. between runs).
   void release_all();
 
   PrefetchStats stats() const;
   void reset_stats();
-  uint64_t group_bytes(int group) const;
+  uint64_t unit_bytes(int unit) const;
 
  private:
   enum class State { Idle, Loading, Ready, Releasing };
 
   void worker_loop();
-  void load(int group);
-  // Marks `group` Loading, reads it with `lock` released, marks it Ready.
-  void load_unlocked(int group, std::unique_lock<std::mutex>& lock);
-  void release_locked(int group);
+  void load(int unit);
+  // Marks `unit` Loading, reads it with `lock` released, marks it Ready.
+  void load_unlocked(int unit, std::unique_lock<std::mutex>& lock);
+  void release_locked(int unit);
+  // Counts a read unit's bytes in bytes_read, once per read.
+  void bill_locked(int unit);
   // Moves past the front position of the order (consumed), and past any after it that were
   // consumed out of order.
   void advance_locked();
-  void check_group(int group) const;
+  void check_unit(int unit) const;
 
   std::shared_ptr<Mapping> mapping_;
-  std::vector<std::vector<ByteRange>> groups_;
+  std::vector<std::vector<ByteRange>> units_;
   std::vector<uint64_t> bytes_;
-  std::vector<uint64_t> cost_;  // what a group takes of the window: 0 for on-demand groups
+  std::vector<uint64_t> cost_;  // what a unit takes of the window: 0 for on-demand units
   Options options_;
 
   mutable std::mutex mu_;
@@ -108,6 +110,7 @@ class Prefetcher {
   std::vector<State> state_;
   std::vector<int> in_use_;
   std::vector<bool> streamed_;
+  std::vector<bool> unbilled_;  // read, and not yet counted in stats_.bytes_read
   std::vector<int> order_;
   std::vector<bool> taken_;  // positions of order_ consumed out of order, ahead of expected_
   size_t expected_ = 0;  // position in order_ of the next wait()

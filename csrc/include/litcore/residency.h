@@ -1,5 +1,5 @@
 // The residency plan: which modules' weights stay in memory and which stream from the file
-// each forward, within a memory budget. Shared by LitModule (Python) and TorchScript/C++.
+// each forward, within a memory budget. The engine (engine.h) plans with it.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +34,7 @@ struct Plan {
   uint64_t window_bytes = 0;
   uint64_t resident_bytes = 0;
   uint64_t streamed_bytes = 0;  // read ahead per forward (on-demand units read only what they touch)
+  uint64_t lookup_bytes = 0;    // on-demand units not resident: resident + streamed + lookup = total
   uint64_t budget = 0;
   uint64_t total_bytes = 0;
   int runs = 0;                 // separate runs the streamed units form along the order

@@ -1,0 +1,156 @@
+// The streaming engine: everything between "this module is about to run" and "its weights
+// are in memory". It owns the units (each module's byte ranges), the budget and the
+// residency plan, the execution order (learned on the first pass, re-learned after a
+// mispredict), the measured rates and the layout choice, the warm-up reader, the prefetch
+// reader and the per-pass statistics. Python hooks, TorchScript programs and C++ apps are
+// thin callers of the same interface: begin(), enter(unit), exit(unit), end().
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "litcore/device_backend.h"
+#include "litcore/pass_model.h"
+#include "litcore/prefetcher.h"
+#include "litcore/residency.h"
+#include "litcore/store.h"
+#include "litcore/warmup.h"
+
+namespace litcore {
+
+// A unit as a caller describes it: one module and the stored tensors it owns directly.
+struct UnitSpec {
+  std::string name;                  // the module's name ("layers.0.mlp"); "<root>" for the root
+  std::vector<std::string> tensors;  // names in the file (aliases allowed)
+  // The caller can stream it: a leaf module whose tensors are all parameters (the engine
+  // also keeps units resident whose tensors another unit shares).
+  bool streamable = false;
+  bool lookup = false;  // read by row lookup (an embedding): see Unit::on_demand
+};
+
+struct EngineOptions {
+  uint64_t memory_budget = 0;  // bytes for weights, resident and in flight; 0: auto_budget()
+  int threads = 1;             // prefetch reader threads
+  ReadMode read_mode = ReadMode::Sendfile;
+  bool warm_up = true;         // read the resident weights in before the first forward
+  bool adapt = true;           // re-lay out what streams from rates measured on each forward
+};
+
+// One number of the engine's statistics. The names are defined here only: every entry
+// point reports these names.
+struct Stat {
+  std::string name;
+  double value = 0;
+  bool integer = true;
+};
+
+// What one forward did.
+struct PassStats {
+  double forward_seconds = 0;
+  uint64_t bytes_read = 0;       // read from storage by the prefetch reader
+  uint64_t prefetch_hits = 0;    // a streamed module found its weights in memory
+  uint64_t prefetch_misses = 0;  // it waited for them
+  uint64_t mispredicts = 0;      // it was not the module the order predicted
+  double io_wait_seconds = 0;    // time the forward waited on reads
+  uint64_t peak_in_flight_bytes = 0;
+  uint64_t resident_bytes = 0;   // under the plan this forward ran
+  int streamed_runs = 0;
+  std::vector<Stat> fields() const;
+};
+
+// Where each module's weights live under a plan.
+enum class Residency { Resident, Streamed, Lookup };
+const char* residency_name(Residency r);
+
+struct ModulePlacement {
+  std::string name;
+  uint64_t nbytes = 0;
+  Residency residency = Residency::Resident;
+};
+
+// The planner's units for `specs`: sizes from the store, streamable only where no other
+// unit shares a stored tensor (tied weights). `stored`, if given, gets each unit's stored
+// (canonical) tensor names. Throws KeyError for a tensor not in the store.
+std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& specs,
+                           std::vector<std::vector<std::string>>* stored = nullptr);
+
+class Engine {
+ public:
+  // Plans `units` in their given (registration) order under the budget and, if anything
+  // streams, starts the prefetch reader; starts the warm-up reader. Throws
+  // BudgetTooSmallError naming the module that cannot fit, KeyError for a tensor not in
+  // the store, std::invalid_argument for bad options.
+  Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& units, EngineOptions options,
+         std::unique_ptr<DeviceBackend> backend = std::make_unique<CpuBackend>());
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // A forward of the root starts (nested calls count once). With `restart`, a pass still
+  // open (its forward failed before end()) is abandoned first: for callers that cannot
+  // run code on an exception (TorchScript programs).
+  void begin(bool restart = false);
+  // `unit`'s module is about to run: blocks until its weights are in memory.
+  void enter(int unit);
+  // `unit`'s module has run: streamed weights leave memory.
+  void exit(int unit);
+  // The forward ended: records its statistics and, on the first forward or after a
+  // mispredict, adopts the order just seen; otherwise measures rates and may re-lay out.
+  void end();
+
+  // Plans again, now, with the known order and `rates` (instead of measured ones): for
+  // callers that know their rates, and for tests of the layouts.
+  void replan(const PassRates& rates);
+
+  bool streams() const;
+  Plan plan() const;
+  std::vector<ModulePlacement> placements() const;
+  const std::vector<Unit>& units() const { return units_; }
+  std::vector<int> order() const;
+  uint64_t budget() const { return budget_; }
+  std::vector<PassStats> passes() const;
+  // The plan's figures and the warm-up's, by name.
+  std::vector<Stat> summary() const;
+  // The additive pass statistics summed over every forward.
+  std::vector<Stat> totals() const;
+  // Messages for the caller to show (a re-plan that could not be made).
+  std::vector<std::string> take_warnings();
+
+ private:
+  void adopt_order_locked(const std::vector<int>& order);
+  void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
+  void switch_plan_locked(const Plan& plan);
+  void abandon_locked();
+  std::vector<std::vector<ByteRange>> ranges_of(const std::vector<int>& units) const;
+
+  std::shared_ptr<Store> store_;
+  std::vector<Unit> units_;
+  std::vector<std::vector<std::string>> tensors_;  // stored (canonical) names per unit
+  std::vector<std::vector<ByteRange>> ranges_;
+  EngineOptions options_;
+  std::unique_ptr<DeviceBackend> backend_;
+  uint64_t budget_ = 0;
+
+  mutable std::mutex mu_;
+  Plan plan_;
+  std::vector<int> order_;     // the execution order the plan was made for
+  std::set<int> ran_;          // every unit ever seen running
+  bool recorded_ = false;      // an order was seen
+  bool settling_ = false;      // the forward after a layout change reads new residents: not measured
+  PassRates rates_;
+  int depth_ = 0;
+  std::chrono::steady_clock::time_point started_;
+  std::vector<int> pass_order_;  // units entered in this forward
+  std::vector<int> open_;        // entered and not yet exited
+  std::vector<PassStats> passes_;
+  std::vector<std::string> warnings_;
+  std::unique_ptr<Prefetcher> prefetcher_;
+  std::unique_ptr<WarmupReader> warmup_;
+};
+
+}  // namespace litcore

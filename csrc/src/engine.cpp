@@ -1,0 +1,326 @@
+#include "litcore/engine.h"
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+namespace litcore {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Stat count(const char* name, uint64_t v) { return {name, static_cast<double>(v), true}; }
+Stat seconds(const char* name, double v) { return {name, v, false}; }
+
+}  // namespace
+
+std::vector<Stat> PassStats::fields() const {
+  return {seconds("forward_seconds", forward_seconds),
+          count("bytes_read", bytes_read),
+          count("prefetch_hits", prefetch_hits),
+          count("prefetch_misses", prefetch_misses),
+          count("mispredicts", mispredicts),
+          seconds("io_wait_seconds", io_wait_seconds),
+          count("peak_in_flight_bytes", peak_in_flight_bytes),
+          count("resident_bytes", resident_bytes),
+          count("streamed_runs", static_cast<uint64_t>(streamed_runs))};
+}
+
+const char* residency_name(Residency r) {
+  switch (r) {
+    case Residency::Resident: return "resident";
+    case Residency::Streamed: return "streamed";
+    case Residency::Lookup: return "lookup";
+  }
+  return "?";
+}
+
+std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& specs,
+                           std::vector<std::vector<std::string>>* stored) {
+  const FileIndex& index = store.index();
+  // Units sharing a stored tensor (tied weights) cannot stream: dropping one would drop
+  // the other's weights while it runs.
+  std::vector<std::vector<std::string>> canonical;
+  std::map<std::string, int> users;
+  for (const auto& spec : specs) {
+    std::set<std::string> seen;
+    std::vector<std::string> names;
+    for (const auto& name : spec.tensors) {
+      const TensorInfo& info = store.info(name);
+      const std::string& c = info.alias_of >= 0 ? index.tensors[info.alias_of].name : info.name;
+      if (seen.insert(c).second) names.push_back(c);
+    }
+    for (const auto& n : names) ++users[n];
+    canonical.push_back(std::move(names));
+  }
+  std::vector<Unit> units;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    Unit u;
+    u.name = specs[i].name.empty() ? "<root>" : specs[i].name;
+    bool shared = false;
+    for (const auto& n : canonical[i]) {
+      u.nbytes += store.info(n).nbytes;
+      shared = shared || users[n] > 1;
+    }
+    u.streamable = specs[i].streamable && !shared;
+    u.on_demand = specs[i].lookup;
+    units.push_back(std::move(u));
+  }
+  if (stored) *stored = std::move(canonical);
+  return units;
+}
+
+Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs, EngineOptions options,
+               std::unique_ptr<DeviceBackend> backend)
+    : store_(std::move(store)), options_(options), backend_(std::move(backend)) {
+  if (!store_) throw std::invalid_argument("litcore: the engine needs a store");
+  if (options_.threads < 1 || options_.threads > 64) {
+    throw std::invalid_argument("litcore: threads must be between 1 and 64, got " + std::to_string(options_.threads));
+  }
+  if (!backend_) backend_ = std::make_unique<CpuBackend>();
+  units_ = units_of(*store_, specs, &tensors_);
+  for (const auto& names : tensors_) {
+    std::vector<ByteRange> ranges;
+    for (const auto& [offset, length] : store_->byte_ranges(names)) ranges.push_back({offset, length});
+    ranges_.push_back(std::move(ranges));
+  }
+  budget_ = options_.memory_budget > 0 ? options_.memory_budget : auto_budget();
+  for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
+  plan_ = make_plan(units_, order_, budget_);
+  if (options_.warm_up) {
+    std::vector<int> resident;
+    for (int i : order_) {
+      if (plan_.resident.count(i)) resident.push_back(i);
+    }
+    if (!resident.empty()) warmup_ = std::make_unique<WarmupReader>(store_->mapping(), ranges_of(resident));
+  }
+  if (plan_.streams()) {
+    Prefetcher::Options po;
+    po.window_bytes = plan_.window_bytes;
+    po.threads = options_.threads;
+    po.read_mode = options_.read_mode;
+    for (const auto& u : units_) po.on_demand.push_back(u.on_demand);
+    prefetcher_ = std::make_unique<Prefetcher>(store_->mapping(), ranges_, po);
+    prefetcher_->set_order(plan_.streamed_order);
+  }
+}
+
+Engine::~Engine() {
+  warmup_.reset();      // joins its thread
+  prefetcher_.reset();  // joins its threads
+}
+
+std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& units) const {
+  std::vector<std::vector<ByteRange>> out;
+  for (int i : units) out.push_back(ranges_[i]);
+  return out;
+}
+
+void Engine::begin(bool restart) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (restart && depth_ > 0) abandon_locked();
+  if (depth_++ > 0) return;
+  // A second reader beside the forward's own would slow both (one stream reads at the
+  // disk's speed, two interleaved at well under half): the warm-up steps aside.
+  if (warmup_) warmup_->stop();
+  pass_order_.clear();
+  open_.clear();
+  started_ = Clock::now();
+}
+
+void Engine::enter(int unit) {
+  if (unit < 0 || static_cast<size_t>(unit) >= units_.size()) {
+    throw std::out_of_range("litcore: unit " + std::to_string(unit) + " out of range (" +
+                            std::to_string(units_.size()) + " units)");
+  }
+  if (!prefetcher_) return;  // everything resident: nothing to bring in, nothing to learn
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (depth_ > 0) pass_order_.push_back(unit);
+    open_.push_back(unit);
+  }
+  prefetcher_->wait(unit);
+  backend_->bind(unit);
+}
+
+void Engine::exit(int unit) {
+  if (unit < 0 || static_cast<size_t>(unit) >= units_.size()) {
+    throw std::out_of_range("litcore: unit " + std::to_string(unit) + " out of range (" +
+                            std::to_string(units_.size()) + " units)");
+  }
+  if (!prefetcher_) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(open_.rbegin(), open_.rend(), unit);
+    if (it == open_.rend()) return;  // not entered (the pass was abandoned meanwhile)
+    open_.erase(std::next(it).base());
+  }
+  backend_->unbind(unit);
+  prefetcher_->done(unit);
+}
+
+void Engine::abandon_locked() {
+  // Units entered by the failed forward would otherwise stay pinned in memory.
+  for (int unit : open_) {
+    backend_->unbind(unit);
+    prefetcher_->done(unit);
+  }
+  open_.clear();
+  depth_ = 0;
+}
+
+void Engine::end() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (depth_ == 0) return;  // abandoned meanwhile
+  if (--depth_ > 0) return;
+  PassStats entry;
+  entry.forward_seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  if (prefetcher_) {
+    PrefetchStats s = prefetcher_->stats();
+    bool mispredicted = s.mispredicts > 0;
+    if (recorded_ && !mispredicted && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
+    if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
+    // Taken again after a plan change: what it drops unused was read by this forward.
+    s = prefetcher_->stats();
+    prefetcher_->reset_stats();
+    entry.bytes_read = s.bytes_read;
+    entry.prefetch_hits = s.hits;
+    entry.prefetch_misses = s.misses;
+    entry.mispredicts = s.mispredicts;
+    entry.io_wait_seconds = s.wait_seconds;
+    entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
+  }
+  entry.resident_bytes = plan_.resident_bytes;
+  entry.streamed_runs = plan_.runs;
+  passes_.push_back(entry);
+}
+
+void Engine::adopt_order_locked(const std::vector<int>& order) {
+  recorded_ = true;
+  if (order.empty()) return;
+  ran_.insert(order.begin(), order.end());
+  Plan plan;
+  try {
+    plan = make_plan(units_, order, budget_, ran_, 3, rates_, plan_.runs);
+  } catch (const BudgetTooSmallError& e) {
+    warnings_.push_back(std::string(e.what()) + "; keeping the plan made before the first forward");
+    return;
+  }
+  order_ = order;
+  switch_plan_locked(plan);
+}
+
+void Engine::relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats) {
+  // One run when reading is the bottleneck; several spread along the order when compute is
+  // and one run's read would not hide under it (residency.h).
+  if (settling_) {
+    settling_ = false;
+    return;
+  }
+  rates_ = measure_rates(units_, order, seconds, stats, rates_);
+  if (!rates_.known() || order != order_) return;
+  Plan plan;
+  try {
+    plan = make_plan(units_, order_, budget_, ran_, 3, rates_, plan_.runs);
+  } catch (const BudgetTooSmallError&) {
+    return;
+  }
+  switch_plan_locked(plan);
+}
+
+void Engine::replan(const PassRates& rates) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!prefetcher_) return;
+  rates_ = rates;
+  std::set<int> ran = ran_;
+  ran.insert(order_.begin(), order_.end());
+  switch_plan_locked(make_plan(units_, order_, budget_, ran, 3, rates_, plan_.runs));
+}
+
+void Engine::switch_plan_locked(const Plan& plan) {
+  Plan old = plan_;
+  plan_ = plan;
+  if (plan.resident == old.resident && plan.streamed_order == old.streamed_order) return;  // newer figures only
+  settling_ = true;
+  prefetcher_->set_order(plan.streamed_order);
+  // Newly streamed weights leave memory now; newly resident ones come in as they are used.
+  std::set<int> before(old.streamed_order.begin(), old.streamed_order.end());
+  std::vector<std::string> leaving;
+  for (int i : std::set<int>(plan.streamed_order.begin(), plan.streamed_order.end())) {
+    if (!before.count(i)) leaving.insert(leaving.end(), tensors_[i].begin(), tensors_[i].end());
+  }
+  if (!leaving.empty()) store_->release(leaving);
+}
+
+bool Engine::streams() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return plan_.streams();
+}
+
+Plan Engine::plan() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return plan_;
+}
+
+std::vector<int> Engine::order() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return order_;
+}
+
+std::vector<PassStats> Engine::passes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return passes_;
+}
+
+std::vector<ModulePlacement> Engine::placements() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<ModulePlacement> out;
+  for (size_t i = 0; i < units_.size(); ++i) {
+    Residency r = Residency::Resident;
+    if (!plan_.resident.count(static_cast<int>(i))) r = units_[i].on_demand ? Residency::Lookup : Residency::Streamed;
+    out.push_back({units_[i].name, units_[i].nbytes, r});
+  }
+  return out;
+}
+
+std::vector<Stat> Engine::summary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {count("forwards", passes_.size()),
+          count("budget_bytes", budget_),
+          count("weight_bytes", plan_.total_bytes),
+          count("resident_bytes", plan_.resident_bytes),
+          count("streamed_bytes_per_forward", plan_.streamed_bytes),
+          count("lookup_bytes", plan_.lookup_bytes),
+          count("window_bytes", plan_.window_bytes),
+          count("streamed_runs", static_cast<uint64_t>(plan_.runs)),
+          count("warmup_bytes_read", warmup_ ? warmup_->bytes_read() : 0),
+          count("warmup_running", warmup_ && warmup_->running() ? 1 : 0)};
+}
+
+std::vector<Stat> Engine::totals() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  PassStats sum;
+  for (const auto& p : passes_) {
+    sum.forward_seconds += p.forward_seconds;
+    sum.bytes_read += p.bytes_read;
+    sum.prefetch_hits += p.prefetch_hits;
+    sum.prefetch_misses += p.prefetch_misses;
+    sum.mispredicts += p.mispredicts;
+    sum.io_wait_seconds += p.io_wait_seconds;
+  }
+  std::vector<Stat> out;
+  for (const auto& s : sum.fields()) {
+    if (s.name != "peak_in_flight_bytes" && s.name != "resident_bytes" && s.name != "streamed_runs") out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<std::string> Engine::take_warnings() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  out.swap(warnings_);
+  return out;
+}
+
+}  // namespace litcore

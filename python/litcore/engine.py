@@ -1,0 +1,55 @@
+"""The native streaming engine (csrc/include/litcore/engine.h) as Python sees it: the
+pass interface the hooks call, and the plan and statistics in Python types."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+from litcore._native import _C
+from litcore.binding import UnitSpec
+from litcore.residency import PassRates, Plan, Unit, plan_from_native
+from litcore.store import Store
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Owns the units, the plan, the order, the rates, the warm-up and prefetch readers, and
+    the per-forward statistics of one model. `begin`, `enter`, `exit` and `end` are the
+    native methods themselves (the hooks call them directly, with the GIL released)."""
+
+    def __init__(self, store: Store, specs: Sequence[UnitSpec], *, memory_budget: int, threads: int = 1,
+                 read_mode: str = "sendfile", warm_up: bool = True, adapt: bool = True) -> None:
+        self.native = _C.Engine(store.native, list(specs), memory_budget, threads, read_mode, warm_up, adapt)
+        self.units: List[Unit] = [Unit(*u) for u in self.native.units()]
+        self.begin = self.native.begin
+        self.enter = self.native.enter
+        self.exit = self.native.exit
+        self.end = self.native.end
+
+    def plan(self) -> Plan:
+        return plan_from_native(self.native.plan(), self.units)
+
+    def hooked_units(self) -> List[int]:
+        """Units whose modules need enter/exit hooks: the streamable ones, if anything streams."""
+        return [i for i, u in enumerate(self.units) if u.streamable] if self.native.streams() else []
+
+    def passes(self) -> List[Dict[str, Any]]:
+        return self.native.passes()
+
+    def summary(self) -> Dict[str, Any]:
+        return self.native.summary()
+
+    def totals(self) -> Dict[str, Any]:
+        return self.native.totals()
+
+    def take_warnings(self) -> List[str]:
+        return self.native.take_warnings()
+
+    def replan(self, rates: PassRates) -> None:
+        """Lays out what streams for `rates` now, instead of measured ones."""
+        self.native.replan((rates.compute_seconds_per_byte, rates.read_seconds_per_byte, rates.seek_seconds))
+
+    def close(self) -> None:
+        """Stops the reader threads (also done when the engine is collected)."""
+        self.native = self.begin = self.enter = self.exit = self.end = None  # type: ignore[assignment]
+

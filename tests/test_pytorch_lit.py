@@ -84,3 +84,67 @@ def test_original_positional_signatures(tmp):
         prepare_params(model.state_dict(), str(tmp / "n"), "hdf5")
     with pytest.raises(ValueError, match="device"):
         LitModule.from_params(str(tmp / "m"), build)  # PyTorch-LIT's default device is cuda
+
+
+def test_partial_loader_as_pytorch_lit_tests_use_it(tmp):
+    """PyTorch-LIT's own PartialLoader tests: read, mixed dtypes (ints kept), keys."""
+    from pytorch_lit import PartialLoader
+
+    f16 = torch.rand((200, 1, 10), dtype=torch.float16)
+    ints = torch.randint(0, 1000, (200, 1, 10), dtype=torch.int)
+    torch.save({"f16_tensor": f16, "int_tensor": ints}, tmp / "tmp_file.bin")
+    loader = PartialLoader(str(tmp / "tmp_file.bin"))
+    assert set(loader.keys()) == {"f16_tensor", "int_tensor"}
+    got = loader.read_key("f16_tensor")
+    assert torch.equal(got, f16) and got.dtype == torch.float16
+    got = loader.read_key("int_tensor", device="cpu")
+    assert torch.equal(got, ints) and got.dtype == torch.int32
+    with pytest.raises(KeyError, match="missing.*tmp_file.bin"):
+        loader.read_key("missing")
+    loader.close()
+    assert torch.equal(got, ints)  # read tensors outlive the loader
+    with pytest.raises(ValueError, match="closed"):
+        loader.read_key("f16_tensor")
+
+
+def test_prepare_partial_example_runs_unchanged(tmp):
+    """PyTorch-LIT's GPT-J prepare_partial.py, on a small model's pytorch_model.bin."""
+    out = run_python(f"""
+        import os, torch
+        os.chdir({str(tmp)!r})
+        torch.manual_seed(0)
+
+        class MyModel(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = torch.nn.Embedding(100, 16)
+                self.fc = torch.nn.Linear(16, 4)
+                self.register_buffer("steps", torch.tensor([7, 9]))
+
+            def forward(self, ids):
+                return self.fc(self.emb(ids)) * self.steps.sum()
+
+        model = MyModel().eval()
+        torch.save(model.state_dict(), "pytorch_model.bin")
+
+        from pytorch_lit import prepare_params, PartialLoader
+        weights = PartialLoader("pytorch_model.bin")
+        prepare_params(weights, ".models/my-model-lit", dtype="float16")
+
+        from pytorch_lit import LitModule
+        lit = LitModule.from_params(".models/my-model-lit", lambda: MyModel(), device="cpu")
+        assert lit.module.fc.weight.dtype == torch.float16 and lit.module.steps.dtype == torch.int64
+        ids = torch.tensor([[1, 2, 3]])
+        with torch.no_grad():
+            assert torch.equal(lit(ids), model.half()(ids))
+        print("ok")
+        """)
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_partial_loader_refuses_a_pickle_that_is_not_a_state_dict(tmp):
+    from pytorch_lit import PartialLoader
+
+    torch.save({"x": os.system}, tmp / "unsafe.pt")  # loading it would import os.system: refused, never run
+    with pytest.raises(ValueError, match="unsafe.pt.*weights_only"):
+        PartialLoader(str(tmp / "unsafe.pt"))

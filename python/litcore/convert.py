@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import struct
 import warnings
@@ -17,7 +18,7 @@ from litcore.dtypes import DTypeLike
 from litcore.save import TensorPlan, base_metadata, plan_tensors, write_planned
 from litcore.store import PathLike
 
-__all__ = ["convert", "natural_key", "CONFIG_METADATA_KEY"]
+__all__ = ["convert", "natural_key", "open_state_dict", "CONFIG_METADATA_KEY"]
 
 CONFIG_METADATA_KEY = "transformers.config"
 
@@ -110,15 +111,25 @@ def _safetensors_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tu
     return plans, original, fds
 
 
-def _load_torch_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def open_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """A torch state-dict file (.bin/.pt) as name -> tensor without reading it whole: the
+    tensors are views of the file mapped into memory (torch.load with mmap=True, weights_only),
+    so a tensor's bytes are read when first touched. Raises ValueError naming the file when it
+    is not a state dict or holds more than tensors (unsafe pickles are refused, not run)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zip" not in str(exc):
-            raise
-        warnings.warn(f"'{path}' is in torch's legacy (non-zip) format and cannot be memory-mapped; "
-                      "it is loaded whole", stacklevel=3)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            warnings.warn(f"'{path}' is in torch's legacy (non-zip) format and cannot be memory-mapped; "
+                          "it is loaded whole", stacklevel=3)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ModuleNotFoundError) as exc:
+        # torch's message runs to a page of advice: keep its first line.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"litcore: '{path}' cannot be read as a state dict with weights_only=True "
+                         f"(a damaged file, or one holding more than tensors): {reason}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict) and not any(
             isinstance(v, torch.Tensor) for v in obj.values()):
@@ -131,7 +142,7 @@ def _load_torch_state_dict(path: str) -> Dict[str, torch.Tensor]:
 def _torch_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str]]:
     items: List[Tuple[str, torch.Tensor]] = []
     for path in files:
-        items.extend(_load_torch_state_dict(path).items())
+        items.extend(open_state_dict(path).items())
     plans, original = plan_tensors(items, dtype)
     for plan, (_, t) in zip(plans, items):
         if plan.produce is not None:

@@ -1,9 +1,12 @@
 """PyTorch-LIT compatibility: code written for `pip install pytorch-lit` runs on litcore.
 
     from pytorch_lit.export import prepare_params
+from pytorch_lit.partial_loader import PartialLoader
     prepare_params(model.state_dict(), ".models/my-model", dtype="float32")
     from pytorch_lit import LitModule
     model = LitModule.from_params(".models/my-model", lambda: MyModel(), device="cpu")
+    from pytorch_lit import PartialLoader
+    prepare_params(PartialLoader("pytorch_model.bin"), ".models/my-model", dtype="float16")
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from torch import nn
 
 import litcore
 from pytorch_lit.export import prepare_params
+from pytorch_lit.partial_loader import PartialLoader
 
 
 class LitModule(litcore.LitModule):
@@ -26,4 +30,4 @@ class LitModule(litcore.LitModule):
         return super().from_params(params_path, model_closure, device=device, **options)
 
 
-__all__ = ["LitModule", "prepare_params"]
+__all__ = ["LitModule", "PartialLoader", "prepare_params"]

@@ -50,7 +50,7 @@ asan: $(DEPS)
 	$(PIP) install --quiet --no-build-isolation --no-deps --upgrade --target $(ASAN_SITE) . \
 		-Ccmake.define.LITCORE_SANITIZE=address,undefined -Cbuild-dir=build/asan
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0:detect_odr_violation=0 \
+	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0:detect_odr_violation=0:handle_sigbus=0:allow_user_segv_handler=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(ASAN_SITE) \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" \
 	$(PY) -m pytest -q -p no:cacheprovider -k "not conversion_streams" $(ASAN_TESTS)

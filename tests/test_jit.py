@@ -153,7 +153,7 @@ def test_cpp_matches_python(tmp, cpp_app):
     scripted = torch.jit.script(MLP().eval())
     x = linspace_input((3, 64))
     want = _roundtrip(tmp, scripted, x, budgets=("auto",))
-    for budget in ("0", str(os.path.getsize(tmp / "m.lit") // 3)):
+    for budget in ("auto", str(os.path.getsize(tmp / "m.lit") // 3)):
         r = _run_cpp(cpp_app, tmp / "m.pt", tmp / "m.lit", "--budget", budget, "--shape", "3,64")
         assert r.returncode == 0, r.stderr
         lines = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
@@ -170,7 +170,7 @@ def test_cpp_traced_llama(tmp, cpp_app):
     with torch.no_grad():
         want = _main(traced(ids))
     litcore.jit.save(traced, tmp / "g.pt", tmp / "g.lit")
-    for budget in ("0", str(os.path.getsize(tmp / "g.lit") // 3)):
+    for budget in ("auto", str(os.path.getsize(tmp / "g.lit") // 3)):
         r = _run_cpp(cpp_app, tmp / "g.pt", tmp / "g.lit", "--shape", "2,12", "--ids", "256", "--budget", budget)
         assert r.returncode == 0, r.stderr
         assert int(dict(l.split(" ", 1) for l in r.stdout.splitlines())["xxh64"]) == _xxh(want)

@@ -7,18 +7,13 @@
 
 #include "litcore/litcore.h"
 #include "litcore/aten_dtype.h"
+#include "litcore/options.h"
 
 namespace py = pybind11;
 using namespace litcore;
 
 namespace {
 
-Verify parse_verify(const std::string& mode) {
-  if (mode == "none") return Verify::None;
-  if (mode == "full") return Verify::Full;
-  if (mode == "lazy") return Verify::Lazy;
-  throw std::invalid_argument("verify must be 'none', 'full' or 'lazy', got '" + mode + "'");
-}
 
 py::tuple info_tuple(const Store& store, const TensorInfo& t) {
   py::object alias = py::none();
@@ -68,12 +63,6 @@ std::vector<std::vector<ByteRange>> to_ranges(const RangesList& units) {
   return out;
 }
 
-ReadMode parse_read_mode(const std::string& mode) {
-  if (mode == "sendfile") return ReadMode::Sendfile;
-  if (mode == "pread") return ReadMode::Pread;
-  if (mode == "populate") return ReadMode::Populate;
-  throw std::invalid_argument("litcore: read_mode must be 'sendfile', 'pread' or 'populate', not '" + mode + "'");
-}
 
 py::tuple plan_tuple(const Plan& p) {
   return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes,
@@ -224,7 +213,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](std::shared_ptr<Store> store, const std::vector<UnitSpecTuple>& units, uint64_t memory_budget,
-                       int threads, const std::string& read_mode, bool warm_up, bool adapt) {
+                       int threads, const std::string& read_mode, bool warm_up, bool adapt, const std::string& verify) {
              std::vector<UnitSpec> specs;
              for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
              EngineOptions options;
@@ -233,11 +222,13 @@ PYBIND11_MODULE(_C, m) {
              options.read_mode = parse_read_mode(read_mode);
              options.warm_up = warm_up;
              options.adapt = adapt;
+             options.verify = parse_verify(verify);
              py::gil_scoped_release nogil;
              return std::make_unique<Engine>(std::move(store), specs, options);
            }),
            py::arg("store"), py::arg("units"), py::arg("memory_budget") = 0, py::arg("threads") = 1,
-           py::arg("read_mode") = "sendfile", py::arg("warm_up") = true, py::arg("adapt") = true)
+           py::arg("read_mode") = "sendfile", py::arg("warm_up") = true, py::arg("adapt") = true,
+           py::arg("verify") = "none")
       .def("begin", &Engine::begin, py::arg("restart") = false, py::call_guard<py::gil_scoped_release>())
       .def("enter", &Engine::enter, py::call_guard<py::gil_scoped_release>())
       .def("exit", &Engine::exit, py::call_guard<py::gil_scoped_release>())
@@ -308,6 +299,8 @@ PYBIND11_MODULE(_C, m) {
     return RatesTuple{r.compute_seconds_per_byte, r.read_seconds_per_byte, r.seek_seconds};
   });
   m.def("auto_budget", &auto_budget);
+  m.def("parse_budget", &parse_budget, py::arg("text"), py::arg("argument") = "memory_budget");
+  m.def("check_threads", &check_threads);
   m.def("cgroup_limit", &cgroup_limit);
 
   m.def("xxh64", [](py::buffer b) {
@@ -321,4 +314,10 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("drop_pages", &drop_pages);
   m.def("remove_stale_partials", &remove_stale_partials);
+  m.def("check_destination", &check_destination);
+  py::class_<AtomicFile>(m, "AtomicFile")
+      .def(py::init<const std::string&>())
+      .def_property_readonly("temp_path", &AtomicFile::temp_path)
+      .def("commit", &AtomicFile::commit, py::call_guard<py::gil_scoped_release>())
+      .def("abort", &AtomicFile::abort);
 }

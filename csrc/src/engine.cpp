@@ -1,5 +1,7 @@
 #include "litcore/engine.h"
 
+#include "litcore/options.h"
+
 #include <algorithm>
 #include <map>
 #include <stdexcept>
@@ -75,15 +77,16 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
                std::unique_ptr<DeviceBackend> backend)
     : store_(std::move(store)), options_(options), backend_(std::move(backend)) {
   if (!store_) throw std::invalid_argument("litcore: the engine needs a store");
-  if (options_.threads < 1 || options_.threads > 64) {
-    throw std::invalid_argument("litcore: threads must be between 1 and 64, got " + std::to_string(options_.threads));
-  }
+  check_threads(options_.threads);
   if (!backend_) backend_ = std::make_unique<CpuBackend>();
   units_ = units_of(*store_, specs, &tensors_);
   for (const auto& names : tensors_) {
     std::vector<ByteRange> ranges;
     for (const auto& [offset, length] : store_->byte_ranges(names)) ranges.push_back({offset, length});
     ranges_.push_back(std::move(ranges));
+  }
+  if (options_.verify == Verify::Full) {
+    for (const auto& names : tensors_) store_->verify_once(names);
   }
   budget_ = options_.memory_budget > 0 ? options_.memory_budget : auto_budget();
   for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
@@ -93,7 +96,9 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     for (int i : order_) {
       if (plan_.resident.count(i)) resident.push_back(i);
     }
-    if (!resident.empty()) warmup_ = std::make_unique<WarmupReader>(store_->mapping(), ranges_of(resident));
+    std::function<void(size_t)> check;
+    if (options_.verify == Verify::Lazy) check = [this, resident](size_t i) { store_->verify_once(tensors_[resident[i]]); };
+    if (!resident.empty()) warmup_ = std::make_unique<WarmupReader>(store_->mapping(), ranges_of(resident), check);
   }
   if (plan_.streams()) {
     Prefetcher::Options po;
@@ -101,6 +106,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     po.threads = options_.threads;
     po.read_mode = options_.read_mode;
     for (const auto& u : units_) po.on_demand.push_back(u.on_demand);
+    if (options_.verify == Verify::Lazy) po.after_read = [this](int unit) { store_->verify_once(tensors_[unit]); };
     prefetcher_ = std::make_unique<Prefetcher>(store_->mapping(), ranges_, po);
     prefetcher_->set_order(plan_.streamed_order);
   }
@@ -117,7 +123,30 @@ std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& un
   return out;
 }
 
+void Engine::verify_unread() {
+  std::set<int> read_ahead;  // streamed units the prefetch reader checks as it reads them
+  std::vector<int> lookups_streamed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unread_verified_.exchange(true)) return;
+    for (int i : plan_.streamed_order) {
+      if (units_[i].on_demand) lookups_streamed.push_back(i);
+      else read_ahead.insert(i);
+    }
+  }
+  if (warmup_) {
+    warmup_->stop();
+    if (auto error = warmup_->error()) std::rethrow_exception(error);
+  }
+  for (size_t i = 0; i < units_.size(); ++i) {
+    if (!read_ahead.count(static_cast<int>(i))) store_->verify_once(tensors_[i]);
+  }
+  // A lookup unit that streams was read whole to check it: drop it again.
+  for (int i : lookups_streamed) store_->release(tensors_[i]);
+}
+
 void Engine::begin(bool restart) {
+  if (options_.verify == Verify::Lazy && !unread_verified_) verify_unread();
   std::lock_guard<std::mutex> lock(mu_);
   if (restart && depth_ > 0) abandon_locked();
   if (depth_++ > 0) return;
@@ -140,7 +169,14 @@ void Engine::enter(int unit) {
     if (depth_ > 0) pass_order_.push_back(unit);
     open_.push_back(unit);
   }
-  prefetcher_->wait(unit);
+  try {
+    prefetcher_->wait(unit);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(open_.rbegin(), open_.rend(), unit);
+    if (it != open_.rend()) open_.erase(std::next(it).base());  // never entered: no exit() to pair
+    throw;
+  }
   backend_->bind(unit);
 }
 
@@ -194,6 +230,8 @@ void Engine::end() {
   entry.resident_bytes = plan_.resident_bytes;
   entry.streamed_runs = plan_.runs;
   passes_.push_back(entry);
+  // A forward that read zeros where the file was cut short fails here, naming the file.
+  store_->mapping()->check_faults();
 }
 
 void Engine::adopt_order_locked(const std::vector<int>& order) {

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "litcore/errors.h"
+#include "litcore/fault_guard.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22  // Linux 5.14; older kernels answer EINVAL and we touch pages
@@ -43,6 +44,16 @@ struct Mapping::Impl {
   std::atomic<bool> populate_supported{true};
   std::atomic<bool> sendfile_supported{true};
   int null_fd = -1;  // /dev/null, the sink of fill_cache's sendfile
+  std::unique_ptr<FaultGuard> guard;  // survives the file shrinking under the mapping
+
+  [[noreturn]] void read_failed(uint64_t offset, uint64_t end, int err) const {
+    if (err == 0) {
+      throw IOError("litcore: '" + path + "' ended before byte " + std::to_string(end) + " while reading from byte " +
+                    std::to_string(offset) + ": it was truncated while in use", EIO);
+    }
+    throw IOError(errno_message("litcore: reading bytes " + std::to_string(offset) + "-" + std::to_string(end) +
+                                " failed for", path, err), err);
+  }
 
   // Clamps [offset, offset+length) to the mapping and widens it to whole pages.
   bool page_range(uint64_t offset, uint64_t length, uint8_t** start, size_t* len) const {
@@ -83,11 +94,13 @@ Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
     throw IOError(errno_message("litcore: cannot mmap", path, err), err);
   }
   impl_->addr = static_cast<uint8_t*>(p);
+  impl_->guard = std::make_unique<FaultGuard>(p, impl_->size, path);
   impl_->null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
   if (impl_->null_fd < 0) impl_->sendfile_supported = false;
 }
 
 Mapping::~Mapping() {
+  impl_->guard.reset();  // before the range can be mapped by someone else
   if (impl_->null_fd >= 0) ::close(impl_->null_fd);
   if (impl_->addr) munmap(impl_->addr, impl_->size);
   if (impl_->fd >= 0) ::close(impl_->fd);
@@ -96,6 +109,10 @@ Mapping::~Mapping() {
 const std::string& Mapping::path() const { return impl_->path; }
 uint8_t* Mapping::addr() const { return impl_->addr; }
 uint64_t Mapping::size() const { return impl_->size; }
+
+void Mapping::check_faults() const {
+  if (impl_->guard) impl_->guard->check();
+}
 
 void Mapping::willneed(uint64_t offset, uint64_t length) const {
   advise(offset, length, MADV_WILLNEED, "madvise(WILLNEED)");
@@ -129,9 +146,9 @@ void Mapping::fill_cache(uint64_t offset, uint64_t length, bool copy) const {
     while (static_cast<uint64_t>(pos) < end) {
       ssize_t n = sendfile(impl_->null_fd, impl_->fd, &pos, static_cast<size_t>(std::min<uint64_t>(end - pos, 1ull << 30)));
       if (n > 0) continue;
-      if (n == 0) return;  // end of file
+      if (n == 0) impl_->read_failed(static_cast<uint64_t>(pos), end, 0);
       if (errno == EINTR || errno == EAGAIN) continue;
-      if (errno != EINVAL && errno != ENOSYS) return;  // an IO error: the mapping reports it on touch
+      if (errno != EINVAL && errno != ENOSYS) impl_->read_failed(static_cast<uint64_t>(pos), end, errno);
       impl_->sendfile_supported = false;  // this kernel cannot splice the file: copy instead
       offset = static_cast<uint64_t>(pos);
       break;
@@ -144,7 +161,7 @@ void Mapping::fill_cache(uint64_t offset, uint64_t length, bool copy) const {
     ssize_t n = ::pread(impl_->fd, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
                         static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n <= 0) impl_->read_failed(offset, end, n < 0 ? errno : 0);
     offset += static_cast<uint64_t>(n);
   }
 }
@@ -155,7 +172,12 @@ void Mapping::populate(uint64_t offset, uint64_t length) const {
   if (!impl_->page_range(offset, length, &start, &len)) return;
   if (impl_->populate_supported) {
     if (madvise(start, len, MADV_POPULATE_READ) == 0) return;
-    if (errno == EINVAL) impl_->populate_supported = false;
+    int err = errno;
+    uint64_t at = static_cast<uint64_t>(start - impl_->addr);
+    // EFAULT: part of the range is past the file's end now; EIO/ENOMEM... the read failed.
+    if (err == EFAULT) impl_->read_failed(at, at + len, 0);
+    if (err == EIO) impl_->read_failed(at, at + len, err);
+    if (err == EINVAL) impl_->populate_supported = false;  // an older kernel: touch the pages
   }
   // Fallback: touch one byte per page.
   volatile uint8_t sink = 0;

@@ -30,7 +30,8 @@ torch::jit::Module load_module(const std::string& model_path, const std::string&
   for (bool b : module.attr("_litcore_lookup").toBoolList()) lookup.push_back(b);
   EngineOptions engine_options;
   engine_options.memory_budget = static_cast<uint64_t>(options.memory_budget);
-  engine_options.threads = options.threads;
+  engine_options.threads = check_threads(options.threads);
+  engine_options.verify = options.verify;
   engine->configure(units, streamable, lookup, engine_options);
   return module;
 }

@@ -41,6 +41,7 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
   in_use_.assign(units_.size(), 0);
   streamed_.assign(units_.size(), false);
   unbilled_.assign(units_.size(), false);
+  error_.assign(units_.size(), nullptr);
   int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
@@ -126,9 +127,16 @@ void Prefetcher::load_unlocked(int unit, std::unique_lock<std::mutex>& lock) {
   if (cost_[unit] > 0) last_read_end_ = end;
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
   auto start = Clock::now();
-  load(unit);
+  std::exception_ptr error;
+  try {
+    load(unit);
+    if (options_.after_read && cost_[unit] > 0) options_.after_read(unit);
+  } catch (...) {
+    error = std::current_exception();  // a reader thread must not die: wait() throws it
+  }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   lock.lock();
+  error_[unit] = error;
   state_[unit] = State::Ready;
   if (cost_[unit] > 0) {
     unbilled_[unit] = true;
@@ -151,6 +159,7 @@ void Prefetcher::bill_locked(int unit) {
 
 void Prefetcher::release_locked(int unit) {
   bill_locked(unit);
+  error_[unit] = nullptr;
   if (state_[unit] == State::Ready) in_flight_ -= cost_[unit];
   state_[unit] = State::Idle;
   for (const auto& r : units_[unit]) mapping_->release(r.offset, r.length);
@@ -237,6 +246,14 @@ void Prefetcher::wait(int unit) {
     } else {
       ready_cv_.wait(lock);
     }
+  }
+  if (error_[unit]) {
+    std::exception_ptr error = error_[unit];
+    error_[unit] = nullptr;
+    --in_use_[unit];
+    release_locked(unit);  // read again next time
+    work_cv_.notify_all();
+    std::rethrow_exception(error);
   }
   bill_locked(unit);
   if (hit) {

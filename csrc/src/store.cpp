@@ -61,6 +61,7 @@ void Store::check_lazy(size_t i) const {
 at::Tensor Store::get(const std::string& name) const {
   const TensorInfo& t = info(name);
   const auto& m = mapping();
+  m->check_faults();
   size_t stored = t.alias_of >= 0 ? static_cast<size_t>(t.alias_of) : index_.by_name.at(name);
   check_lazy(stored);
   auto options = at::TensorOptions().dtype(to_scalar_type(t.dtype)).device(at::kCPU);
@@ -108,6 +109,19 @@ void Store::release(const std::vector<std::string>& names) const {
 bool Store::verify(const std::string& name) const {
   const TensorInfo& t = info(name);
   return xxh64(mapping()->addr() + t.offset, t.nbytes) == t.checksum;
+}
+
+void Store::verify_once(const std::vector<std::string>& names) const {
+  for (const auto& name : names) {
+    const TensorInfo& t = info(name);
+    size_t stored = t.alias_of >= 0 ? static_cast<size_t>(t.alias_of) : index_.by_name.at(name);
+    if (verified_[stored].load(std::memory_order_acquire)) continue;
+    const TensorInfo& s = index_.tensors[stored];
+    if (xxh64(mapping()->addr() + s.offset, s.nbytes) != s.checksum) {
+      throw FormatError("litcore: '" + path_ + "': tensor '" + s.name + "': checksum mismatch (the data is corrupt)");
+    }
+    verified_[stored].store(true, std::memory_order_release);
+  }
 }
 
 std::vector<std::string> Store::verify_all(const std::function<void(uint64_t)>& progress) const {

@@ -4,6 +4,7 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include "litcore/options.h"
 #include "litcore/script_engine.h"
 
 namespace litcore {
@@ -27,11 +28,12 @@ TORCH_LIBRARY(litcore, m) {
       .def("get", [](const Self& self, const std::string& name) { return self->store->get(name); })
       .def("configure", [](const Self& self, const std::vector<std::vector<std::string>>& units,
                            const c10::List<bool>& streamable, const c10::List<bool>& lookup, int64_t budget_bytes,
-                           int64_t threads) {
+                           int64_t threads, const std::string& verify) {
         if (budget_bytes < 0) throw std::invalid_argument("litcore: memory budget must be >= 0 (0: auto)");
         EngineOptions options;
         options.memory_budget = static_cast<uint64_t>(budget_bytes);
-        options.threads = static_cast<int>(threads);
+        options.threads = check_threads(threads);
+        options.verify = parse_verify(verify);
         self->configure(units, std::vector<bool>(streamable.begin(), streamable.end()),
                         std::vector<bool>(lookup.begin(), lookup.end()), options);
       })

@@ -2,8 +2,9 @@
 
 namespace litcore {
 
-WarmupReader::WarmupReader(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units)
-    : mapping_(std::move(mapping)), units_(std::move(units)) {
+WarmupReader::WarmupReader(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units,
+                           std::function<void(size_t)> after_read)
+    : mapping_(std::move(mapping)), units_(std::move(units)), after_read_(std::move(after_read)) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -14,18 +15,19 @@ WarmupReader::~WarmupReader() {
 
 void WarmupReader::run() {
   try {
-    for (const auto& unit : units_) {
-      for (const auto& r : unit) {
+    for (size_t i = 0; i < units_.size() && !stop_; ++i) {
+      for (const auto& r : units_[i]) {
         if (stop_) break;
         mapping_->fill_cache(r.offset, r.length, /*copy=*/true);
         mapping_->populate(r.offset, r.length);
         bytes_read_ += r.length;
       }
       if (stop_) break;
+      if (after_read_) after_read_(i);
+      ++units_done_;
     }
   } catch (...) {
-    // Warming is an optimisation: a failed read shows again, with its error, when the
-    // forward touches those weights.
+    error_ = std::current_exception();
   }
   running_ = false;
 }

@@ -35,6 +35,10 @@ std::string base_of(const std::string& path) {
 // ".NAME.PID.litcore-partial": hidden, and names the destination and the writer.
 std::string partial_prefix(const std::string& path) { return "." + base_of(path) + "."; }
 
+std::string partial_path(const std::string& path) {
+  return dir_of(path) + "/" + partial_prefix(path) + std::to_string(getpid()) + kPartialSuffix;
+}
+
 void fsync_dir(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;  // durability of the rename is best effort where dirs can't be opened
@@ -43,6 +47,53 @@ void fsync_dir(const std::string& dir) {
 }
 
 }  // namespace
+
+void check_destination(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    throw IOError("litcore: cannot write '" + path + "': it is a directory", EISDIR);
+  }
+  std::string dir = dir_of(path);
+  if (::stat(dir.c_str(), &st) != 0) {
+    int err = errno;
+    throw IOError(errno_message("litcore: cannot write '" + path + "': its directory", dir, err), err);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    throw IOError("litcore: cannot write '" + path + "': '" + dir + "' is not a directory", ENOTDIR);
+  }
+}
+
+AtomicFile::AtomicFile(const std::string& path) : path_(path) {
+  check_destination(path);
+  remove_stale_partials(path);
+  temp_path_ = partial_path(path);
+}
+
+AtomicFile::~AtomicFile() { abort(); }
+
+void AtomicFile::abort() {
+  if (!done_) ::unlink(temp_path_.c_str());
+  done_ = true;
+}
+
+void AtomicFile::commit() {
+  if (done_) throw Error("litcore: '" + path_ + "' was already committed or aborted");
+  int fd = ::open(temp_path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    throw IOError(errno_message("litcore: cannot open", temp_path_, err), err);
+  }
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) throw IOError(errno_message("litcore: fsync failed for", temp_path_, err), err);
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    err = errno;
+    throw IOError(errno_message("litcore: cannot rename '" + temp_path_ + "' to", path_, err), err);
+  }
+  done_ = true;
+  fsync_dir(dir_of(path_));
+}
 
 void remove_stale_partials(const std::string& path) {
   std::string dir = dir_of(path);
@@ -76,8 +127,9 @@ Writer::Writer(const std::string& path, const std::vector<TensorSpec>& specs,
     throw std::invalid_argument("litcore: cannot write '" + path + "': " + e.what());
   }
   written_.assign(index_.tensors.size(), false);
+  check_destination(path);
   remove_stale_partials(path);
-  temp_path_ = dir_of(path) + "/" + partial_prefix(path) + std::to_string(getpid()) + kPartialSuffix;
+  temp_path_ = partial_path(path);
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw IOError(errno_message("litcore: cannot create", temp_path_, errno), errno);
   // Reserve the space now, so a full disk is reported before any data is written.

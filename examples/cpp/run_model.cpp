@@ -1,4 +1,5 @@
-// run_model MODEL.pt WEIGHTS.lit [--budget BYTES] [--shape 2,64] [--ids VOCAB] [--repeat N]
+// run_model MODEL.pt WEIGHTS.lit [--budget SIZE] [--shape 2,64] [--ids VOCAB] [--repeat N] [--threads N]
+//           [--verify none|lazy|full]
 //
 // Loads a TorchScript program saved by litcore.jit.save with its weights from a .lit file,
 // runs it on a fixed input (N times) and prints the output: its shape, its XXH64 (bit-exact
@@ -16,11 +17,27 @@
 
 namespace {
 
+// A whole positive integer, or std::invalid_argument naming the flag.
+int64_t parse_count(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || text.empty() || value < 1) {
+    throw std::invalid_argument(flag + " takes a positive whole number, not '" + text + "'");
+  }
+  return value;
+}
+
 std::vector<int64_t> parse_shape(const std::string& text) {
   std::vector<int64_t> shape;
   std::stringstream ss(text);
   std::string part;
-  while (std::getline(ss, part, ',')) shape.push_back(std::stoll(part));
+  while (std::getline(ss, part, ',')) shape.push_back(parse_count("--shape", part));
+  if (shape.empty()) throw std::invalid_argument("--shape takes sizes such as 2,64, not '" + text + "'");
   return shape;
 }
 
@@ -35,24 +52,35 @@ at::Tensor first_tensor(const c10::IValue& value) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const char* usage =
+      "usage: run_model MODEL.pt WEIGHTS.lit [--budget SIZE] [--shape 2,64] [--ids VOCAB] [--repeat N] [--threads N] "
+      "[--verify none|lazy|full]\n";
   if (argc < 3) {
-    std::cerr << "usage: run_model MODEL.pt WEIGHTS.lit [--budget BYTES] [--shape 2,64] [--ids VOCAB] [--repeat N]\n";
+    std::cerr << usage;
     return 2;
   }
   litcore::Options options;
   std::vector<int64_t> shape{2, 64};
   int64_t vocab = 0;
-  int repeat = 1;
-  for (int i = 3; i + 1 < argc; i += 2) {
-    std::string flag = argv[i];
-    if (flag == "--budget") options.memory_budget = std::stoll(argv[i + 1]);
-    else if (flag == "--shape") shape = parse_shape(argv[i + 1]);
-    else if (flag == "--ids") vocab = std::stoll(argv[i + 1]);
-    else if (flag == "--repeat") repeat = std::atoi(argv[i + 1]);
-    else {
-      std::cerr << "unknown option " << flag << "\n";
-      return 2;
+  int64_t repeat = 1;
+  try {
+    for (int i = 3; i < argc; i += 2) {
+      std::string flag = argv[i];
+      if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
+      std::string value = argv[i + 1];
+      if (flag == "--budget") options.memory_budget = static_cast<int64_t>(litcore::parse_budget(value, "--budget"));
+      else if (flag == "--shape") shape = parse_shape(value);
+      else if (flag == "--ids") vocab = parse_count(flag, value);
+      else if (flag == "--repeat") repeat = parse_count(flag, value);
+      else if (flag == "--threads") options.threads = litcore::check_threads(parse_count(flag, value));
+      else if (flag == "--verify") options.verify = litcore::parse_verify(value);
+      else throw std::invalid_argument("unknown option " + flag);
     }
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    if (message.rfind("litcore: ", 0) == 0) message = message.substr(9);
+    std::cerr << "run_model: " << message << "\n" << usage;
+    return 2;
   }
   try {
     torch::jit::Module module = litcore::load_module(argv[1], argv[2], options);
@@ -63,7 +91,7 @@ int main(int argc, char** argv) {
                                  : torch::linspace(-1, 1, numel).reshape(shape);
     torch::NoGradGuard no_grad;
     at::Tensor out;
-    for (int r = 0; r < repeat; ++r) out = first_tensor(module.forward({input})).contiguous();
+    for (int64_t r = 0; r < repeat; ++r) out = first_tensor(module.forward({input})).contiguous();
     std::cout << "shape";
     for (int64_t d : out.sizes()) std::cout << " " << d;
     std::cout << "\nxxh64 " << litcore::xxh64(out.data_ptr(), out.nbytes()) << "\nvalues";

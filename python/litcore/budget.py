@@ -9,33 +9,37 @@ and drops streamed pages right after use.
 """
 from __future__ import annotations
 
-import re
+import os
+import warnings
 from typing import Optional, Union
 
 from litcore._native import _C
 
 Budget = Union[None, int, float, str]
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
 def parse_size(value: Union[int, float, str], argument: str = "memory_budget") -> int:
-    """Bytes from an int, or a string like "1200MB", "1.5GiB", "800M"."""
+    """Bytes from an int, or a string like "1200MB", "1.5GiB", "800M" (k/M/G/T are powers
+    of 10, KiB/MiB/GiB/TiB of 2): the rules C++ apps and TorchScript programs use too."""
     if isinstance(value, bool):
         raise TypeError(f"{argument} must be a size, got {value!r}")
-    if isinstance(value, (int, float)):
-        n = int(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
-        if not m or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"{argument}: cannot parse {value!r} (use bytes or e.g. '1200MB', '1.5GiB')")
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    else:
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            raise ValueError(f"{argument}: 'auto' is not a size here")
+        return _C.parse_budget(value, argument)
+    if not isinstance(value, (int, float)):
         raise TypeError(f"{argument} must be bytes, a string like '1.5GiB', or 'auto'; got {type(value).__name__}")
+    n = int(value)
     if n <= 0:
         raise ValueError(f"{argument} must be positive, got {value!r}")
     return n
+
+
+def machine_memory() -> int:
+    """What this machine (or this process's cgroup) has in all: the smaller of MemTotal and
+    the cgroup limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = _C.cgroup_limit()
+    return min(total, limit) if limit else total
 
 
 def cgroup_limit() -> Optional[int]:
@@ -48,8 +52,16 @@ def auto_budget() -> int:
     return _C.auto_budget()
 
 
-def resolve_budget(value: Budget) -> int:
-    """Bytes for a `memory_budget` argument: None or "auto" mean auto_budget()."""
+def resolve_budget(value: Budget, argument: str = "memory_budget") -> int:
+    """Bytes for a `memory_budget` argument: None or "auto" mean auto_budget(). A budget
+    larger than the machine (or its cgroup) has is kept, with a warning: going past what
+    there is ends in the kernel's OOM killer, not in litcore streaming."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return auto_budget()
-    return parse_size(value)
+    n = parse_size(value, argument)
+    machine = machine_memory()
+    if n > machine:
+        warnings.warn(f"litcore: {argument} {n / 2**30:.2f} GiB is more than this machine has "
+                      f"({machine / 2**30:.2f} GiB{' in its cgroup' if _C.cgroup_limit() else ''}); "
+                      f"weights beyond what fits will be evicted by the kernel, not streamed", stacklevel=3)
+    return n

@@ -25,7 +25,7 @@ from torch import nn
 
 from litcore._native import _C
 from litcore.binding import Binding
-from litcore.budget import Budget, resolve_budget
+from litcore.budget import Budget, parse_size
 from litcore.residency import Plan, Unit, device_plan, host_plan
 from litcore.store import Store
 
@@ -251,7 +251,7 @@ class CudaRuntime:
         self.units: List[Unit] = [Unit(*u) for u in _C.units_of(store.native, binding.specs(module, lookups=False))]
         self.budget = memory_budget
         gpu_budget = (gpu_auto_budget(device) if gpu_memory_budget in (None, "auto")
-                      else resolve_budget(gpu_memory_budget))
+                      else parse_size(gpu_memory_budget, "gpu_memory_budget"))
         self.device_plan = device_plan(self.units, list(range(len(self.units))), gpu_budget, slots=RING_SLOTS)
         keys = [list(u.file_keys) for u in binding.units]
         bindings = {i: [(u.module, attr, key, is_param) for attr, key, is_param in u.bindings]

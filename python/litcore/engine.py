@@ -9,7 +9,29 @@ from litcore.binding import UnitSpec
 from litcore.residency import PassRates, Plan, Unit, plan_from_native
 from litcore.store import Store
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "DEFAULT_VERIFY", "check_threads", "check_verify"]
+
+# Each tensor's checksum is checked the first time its bytes are read (docs/benchmarks.md:
+# what it costs).
+DEFAULT_VERIFY = "lazy"
+
+
+def check_threads(threads: int) -> int:
+    """`threads` as the engine takes it: a whole number from 1 to 64."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"litcore: threads must be a whole number, got {threads!r}")
+    return _C.check_threads(threads)
+
+
+def check_verify(verify: object) -> str:
+    """`verify` as the engine takes it: "none", "lazy" or "full" (True means "full", False "none")."""
+    if verify is True:
+        return "full"
+    if verify is False or verify is None:
+        return "none"
+    if verify in ("none", "lazy", "full"):
+        return str(verify)
+    raise ValueError(f"litcore: verify must be 'none', 'lazy' or 'full' (or True/False), not {verify!r}")
 
 
 class Engine:
@@ -18,8 +40,10 @@ class Engine:
     native methods themselves (the hooks call them directly, with the GIL released)."""
 
     def __init__(self, store: Store, specs: Sequence[UnitSpec], *, memory_budget: int, threads: int = 1,
-                 read_mode: str = "sendfile", warm_up: bool = True, adapt: bool = True) -> None:
-        self.native = _C.Engine(store.native, list(specs), memory_budget, threads, read_mode, warm_up, adapt)
+                 read_mode: str = "sendfile", warm_up: bool = True, adapt: bool = True,
+                 verify: str = DEFAULT_VERIFY) -> None:
+        self.native = _C.Engine(store.native, list(specs), memory_budget, check_threads(threads), read_mode, warm_up,
+                                adapt, check_verify(verify))
         self.units: List[Unit] = [Unit(*u) for u in self.native.units()]
         self.begin = self.native.begin
         self.enter = self.native.enter

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
 
-from litcore.budget import Budget, parse_size
+from litcore._native import _C
+from litcore.budget import Budget, resolve_budget
+from litcore.engine import DEFAULT_VERIFY, check_threads, check_verify
 from litcore.save import save as save_weights
 from litcore.store import PathLike
 
@@ -90,6 +91,7 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
     if not isinstance(module, torch.jit.ScriptModule):
         raise TypeError(f"litcore.jit.save takes a torch.jit.ScriptModule (scripted or traced), got {type(module).__name__}")
     model_path, weights_path = os.fspath(model_path), os.fspath(weights_path)
+    _C.check_destination(model_path)  # before writing the weights
     save_weights({k: v.detach() for k, v in module.state_dict().items()}, weights_path,
                  metadata={"litcore.source": "litcore.jit.save"})
     program = _copy(module)
@@ -142,27 +144,28 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
     call.insertBefore(first)
     _insert_call(graph, engine_type, "begin", first, unit=False)
     _insert_call(graph, engine_type, "end", graph.return_node(), unit=False)
-    # Atomic like every litcore write: a crash never leaves a half-written program.
-    directory = os.path.dirname(os.path.abspath(model_path))
-    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(model_path) + ".", suffix=".litcore-partial", dir=directory)
-    os.close(fd)
+    # Through the same atomic writer as weight files: a crash never leaves a half-written
+    # program, and a dead writer's partial file is cleaned up by the next save.
+    target = _C.AtomicFile(model_path)
     try:
-        torch.jit.save(program, temp)
-        os.replace(temp, model_path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+        torch.jit.save(program, target.temp_path)
+        target.commit()
+    finally:
+        target.abort()  # no-op once committed
 
 
-def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget = "auto",
-         threads: int = 1) -> torch.jit.ScriptModule:
+def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget = "auto", threads: int = 1,
+         verify: Union[str, bool] = DEFAULT_VERIFY) -> torch.jit.ScriptModule:
     """Loads a program written by `save`, reading its weights from `weights_path` within
-    `memory_budget` (bytes, "1.5GiB", or "auto") through the same engine as LitModule.
+    `memory_budget` (bytes, "1.5GiB", or "auto") through the same engine as LitModule, with
+    the same `threads` and `verify` options.
     The engine is `program._litcore_engine`: `summary()`, `passes()` and `placements()`
     give the same statistics and plan as `LitModule.stats()` and `LitModule.plan`."""
     import litcore  # noqa: F401  registers torch.classes.litcore
 
+    verify = check_verify(verify)
+    check_threads(threads)
+    budget = 0 if memory_budget is None or memory_budget == "auto" else resolve_budget(memory_budget)
     model_path, weights_path = os.fspath(model_path), os.fspath(weights_path)
     program = torch.jit.load(model_path)
     if not hasattr(program, "_litcore_units"):
@@ -172,6 +175,6 @@ def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget 
         if hasattr(sub, "_litcore_engine"):
             sub._c.setattr("_litcore_engine", engine)
     program._c.setattr("_litcore_bound", False)
-    budget = 0 if memory_budget is None or memory_budget == "auto" else parse_size(memory_budget)
-    engine.configure(program._litcore_units, program._litcore_streamable, program._litcore_lookup, budget, threads)
+    engine.configure(program._litcore_units, program._litcore_streamable, program._litcore_lookup, budget, threads,
+                     verify)
     return program.eval()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from litcore import hooks
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
-from litcore.engine import Engine
+from litcore.engine import DEFAULT_VERIFY, Engine, check_threads, check_verify
 from litcore.residency import Plan
 from litcore.store import PathLike, Store
 
@@ -53,7 +53,7 @@ class LitModule:
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
                  device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
-                 read_mode: str = "sendfile", verbose: bool = False) -> None:
+                 read_mode: str = "sendfile", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -70,14 +70,15 @@ class LitModule:
                                       gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode)
         else:
             self.engine = Engine(store, binding.specs(module), memory_budget=budget, threads=threads,
-                                 read_mode=read_mode)
+                                 read_mode=read_mode, verify=verify)
         hooked = {i: binding.units[i].module for i in self.engine.hooked_units()}
         self._handles = hooks.install(module, hooked, self.engine, self._report)
 
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
-                    threads: int = 1, read_mode: str = "sendfile", verbose: bool = False) -> "LitModule":
+                    threads: int = 1, read_mode: str = "sendfile", verbose: bool = False,
+                    verify: Union[str, bool] = DEFAULT_VERIFY) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
 
@@ -85,13 +86,19 @@ class LitModule:
         `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
         the GPU, and the rest streams through pinned buffers on a copy stream.
         `read_mode` says how streamed weights are read: "sendfile" (default; the file's
-        readahead with no copy), "pread" (the same with a copy) or "populate" (page faults)."""
+        readahead with no copy), "pread" (the same with a copy) or "populate" (page faults).
+        `threads`: prefetch reader threads (1-64). `verify`: checksums, "lazy" (default: each
+        tensor the first time it is read), "full" (all, before returning) or "none"; a
+        mismatch raises FormatError naming the tensor. `strict=False` accepts missing (zero-
+        filled) and unexpected tensors with a warning. `verbose` prints a line per forward."""
+        verify = check_verify(verify)
+        check_threads(threads)
         device = torch.device(device)
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"litcore: device {device} is not supported (use 'cpu' or 'cuda[:N]')")
         if device.type == "cuda":
             _require_cuda(device)  # before building and binding: fail fast
-        store = Store(resolve_weights_path(path))
+        store = Store(resolve_weights_path(path), verify="full" if verify == "full" else "none")
         with empty_init():
             module = builder()
         if not isinstance(module, nn.Module):
@@ -99,7 +106,8 @@ class LitModule:
         module.eval()
         binding = bind(module, store, strict=strict)
         return cls(module, store, binding, memory_budget=memory_budget, device=str(device),
-                   gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode, verbose=verbose)
+                   gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode, verbose=verbose,
+                   verify=verify)
 
     # ---- running ------------------------------------------------------------------------
 

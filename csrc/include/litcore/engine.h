@@ -6,6 +6,7 @@
 // thin callers of the same interface: begin(), enter(unit), exit(unit), end().
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -39,6 +40,11 @@ struct EngineOptions {
   ReadMode read_mode = ReadMode::Sendfile;
   bool warm_up = true;         // read the resident weights in before the first forward
   bool adapt = true;           // re-lay out what streams from rates measured on each forward
+  // Checksums: None; Full, every tensor when the engine starts; Lazy, each tensor the first
+  // time its bytes are read (by the warm-up and prefetch readers, as they read; what they
+  // have not read when the first forward begins is checked then). A mismatch throws
+  // FormatError naming the file and the tensor.
+  Verify verify = Verify::None;
 };
 
 // One number of the engine's statistics. The names are defined here only: every entry
@@ -126,6 +132,8 @@ class Engine {
   void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
   void switch_plan_locked(const Plan& plan);
   void abandon_locked();
+  // Lazy verification, at the first forward: every tensor the readers will not check.
+  void verify_unread();
   std::vector<std::vector<ByteRange>> ranges_of(const std::vector<int>& units) const;
 
   std::shared_ptr<Store> store_;
@@ -142,6 +150,7 @@ class Engine {
   std::set<int> ran_;          // every unit ever seen running
   bool recorded_ = false;      // an order was seen
   bool settling_ = false;      // the forward after a layout change reads new residents: not measured
+  std::atomic<bool> unread_verified_{false};
   PassRates rates_;
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;

@@ -35,12 +35,15 @@ class Mapping {
   void normal_access(uint64_t offset, uint64_t length) const;
   // Reads the range into the page cache, unmapped, through the file's sequential readahead:
   // sendfile() into /dev/null moves no bytes through user space; with `copy` (or where the
-  // kernel refuses that) preads into a scratch buffer do. Short reads stop it quietly: the
-  // mapping reports what the file lacks when the range is touched.
+  // kernel refuses that) preads into a scratch buffer do. Throws IOError naming the file
+  // when a read fails or the file ends before the range does (truncated while in use).
   void fill_cache(uint64_t offset, uint64_t length, bool copy = false) const;
   // Faults the range in now (MADV_POPULATE_READ, or touching each page), so that later
-  // accesses from the compute thread cost no page faults.
+  // accesses from the compute thread cost no page faults. Throws IOError as fill_cache.
   void populate(uint64_t offset, uint64_t length) const;
+  // Throws IOError naming the file if an access to the mapping faulted because the file
+  // no longer backs it (see fault_guard.h).
+  void check_faults() const;
   // Drops the range from this process and from the page cache (MADV_DONTNEED +
   // POSIX_FADV_DONTNEED). The memory stays valid: a later access reads the file again.
   void release(uint64_t offset, uint64_t length) const;

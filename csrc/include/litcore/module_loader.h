@@ -7,14 +7,18 @@
 #include <string>
 
 #include "litcore/engine.h"
+#include "litcore/options.h"
 #include "litcore/script_engine.h"
 
 namespace litcore {
 
 struct Options {
-  // Bytes of memory for weights, resident and in flight; 0 means auto_budget().
+  // Bytes of memory for weights, resident and in flight; 0 means auto_budget()
+  // (parse_budget() reads "1.5GiB"-style text by the same rules as Python).
   int64_t memory_budget = 0;
-  int threads = 1;  // prefetch reader threads
+  int threads = 1;  // prefetch reader threads, 1 to kMaxThreads
+  // Checksums (EngineOptions::verify): None, Lazy (each tensor when first read) or Full.
+  Verify verify = Verify::Lazy;
 };
 
 // torch::jit::load(model_path), then points the program's engine at `weights_path` and starts

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <condition_variable>
+#include <exception>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -59,6 +61,9 @@ class Prefetcher {
     // Per unit (empty: none): read by lookup, so never read ahead; its pages come in by
     // fault during use, cost no window, and are dropped by done() like any streamed unit.
     std::vector<bool> on_demand;
+    // Called on the reading thread right after a unit is read and mapped (the engine checks
+    // checksums there); what it throws reaches the unit's wait().
+    std::function<void(int)> after_read;
   };
 
   // `units[i]` are the byte ranges of unit i in the mapping.
@@ -73,6 +78,8 @@ class Prefetcher {
   // Blocks until `unit` is in memory. A unit other than the predicted one is read at
   // once (a wrong guess costs time, never correctness: the mapping is always valid); if it
   // is a few positions ahead the predictions in between stay, otherwise they are dropped.
+  // A read that failed (on a reader thread or here) is thrown here, as IOError naming the
+  // file; the unit is then not in use, and the next wait() reads it again.
   void wait(int unit);
   // The caller is done with `unit`: a streamed unit is dropped from memory.
   void done(int unit);
@@ -111,6 +118,7 @@ class Prefetcher {
   std::vector<int> in_use_;
   std::vector<bool> streamed_;
   std::vector<bool> unbilled_;  // read, and not yet counted in stats_.bytes_read
+  std::vector<std::exception_ptr> error_;  // a failed read, for the next wait() to throw
   std::vector<int> order_;
   std::vector<bool> taken_;  // positions of order_ consumed out of order, ahead of expected_
   size_t expected_ = 0;  // position in order_ of the next wait()

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -18,7 +20,10 @@ class WarmupReader {
   // Reads each unit's ranges in turn (`units` in execution order), with pread: its copy
   // touches every page, and on a virtual machine the first CPU touch of page cache filled
   // without one is slow (docs/benchmarks.md, "warm-up").
-  WarmupReader(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units);
+  // `after_read(i)`, if given, runs after unit i is read (the engine checks checksums there);
+  // the first exception it or a read throws stops the reader and is kept for error().
+  WarmupReader(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units,
+               std::function<void(size_t)> after_read = {});
   // Stops after the unit being read, and joins the thread.
   ~WarmupReader();
   WarmupReader(const WarmupReader&) = delete;
@@ -29,6 +34,10 @@ class WarmupReader {
   void stop() { stop_ = true; }
   uint64_t bytes_read() const { return bytes_read_; }
   bool running() const { return running_; }
+  // Units read (and checked) completely.
+  size_t units_done() const { return units_done_; }
+  // What stopped the reader early, once it has stopped (nullptr: nothing).
+  std::exception_ptr error() const { return running_ ? nullptr : error_; }
 
  private:
   void run();
@@ -38,6 +47,9 @@ class WarmupReader {
   std::atomic<bool> stop_{false};
   std::atomic<bool> running_{true};
   std::atomic<uint64_t> bytes_read_{0};
+  std::atomic<size_t> units_done_{0};
+  std::function<void(size_t)> after_read_;
+  std::exception_ptr error_;  // written before running_ turns false
   std::thread thread_;
 };
 

@@ -53,4 +53,28 @@ class Writer {
 // Removes `.NAME.*.litcore-partial` files beside `path` left by writers that died.
 void remove_stale_partials(const std::string& path);
 
+// Throws IOError naming `path` when a file cannot be written there: its directory does not
+// exist (or is not a directory), or `path` itself is a directory. Checked before any work.
+void check_destination(const std::string& path);
+
+// Any file written atomically, like the weight file: the caller writes `temp_path()`
+// (".NAME.PID.litcore-partial" beside `path`, recognised by remove_stale_partials), then
+// commit() fsyncs it and renames it over `path`; otherwise the temporary file is removed.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  const std::string& temp_path() const { return temp_path_; }
+  void commit();
+  void abort();
+
+ private:
+  std::string path_;
+  std::string temp_path_;
+  bool done_ = false;
+};
+
 }  // namespace litcore

@@ -232,7 +232,7 @@ PYBIND11_MODULE(_C, m) {
       .def("begin", &Engine::begin, py::arg("restart") = false, py::call_guard<py::gil_scoped_release>())
       .def("enter", &Engine::enter, py::call_guard<py::gil_scoped_release>())
       .def("exit", &Engine::exit, py::call_guard<py::gil_scoped_release>())
-      .def("end", &Engine::end, py::call_guard<py::gil_scoped_release>())
+      .def("end", &Engine::end, py::arg("failed") = false, py::call_guard<py::gil_scoped_release>())
       .def("replan", [](Engine& e, const RatesTuple& rates) {
         PassRates r = to_rates(rates);
         py::gil_scoped_release nogil;

@@ -206,9 +206,14 @@ void Engine::abandon_locked() {
   depth_ = 0;
 }
 
-void Engine::end() {
+void Engine::end(bool failed) {
   std::lock_guard<std::mutex> lock(mu_);
   if (depth_ == 0) return;  // abandoned meanwhile
+  if (failed) {
+    // A partial order would plan for half a model; the stats it leaves count in the next pass.
+    abandon_locked();
+    return;
+  }
   if (--depth_ > 0) return;
   PassStats entry;
   entry.forward_seconds = std::chrono::duration<double>(Clock::now() - started_).count();

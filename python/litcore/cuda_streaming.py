@@ -298,9 +298,9 @@ class CudaRuntime:
     def exit(self, unit: int) -> None:
         self.streamer.done(unit)
 
-    def end(self) -> None:
-        self._depth -= 1
-        if self._depth > 0:
+    def end(self, failed: bool = False) -> None:
+        self._depth = 0 if failed else self._depth - 1
+        if self._depth > 0 or failed:
             return
         entry: Dict[str, Any] = {"forward_seconds": time.perf_counter() - self._started, "bytes_read": 0,
                                  "prefetch_hits": 0, "prefetch_misses": 0, "mispredicts": 0, "io_wait_seconds": 0.0,

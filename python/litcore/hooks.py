@@ -3,6 +3,7 @@ begins a pass and its forward hook ends it; each streamed module's pre-hook ente
 (its weights are brought in) and its forward hook exits it (they may leave)."""
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Callable, Dict, List, Optional
 
@@ -25,6 +26,10 @@ def install(root: nn.Module, units: Dict[int, nn.Module], engine,
         engine.begin()
 
     def root_post(module: nn.Module, args: tuple, output: object) -> None:
+        # An always_call hook runs inside torch's `except` when the forward raised.
+        if sys.exc_info()[0] is not None:
+            engine.end(True)
+            return
         engine.end()
         callback = report() if report is not None else None
         if callback is not None:

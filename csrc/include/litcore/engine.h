@@ -107,7 +107,9 @@ class Engine {
   void exit(int unit);
   // The forward ended: records its statistics and, on the first forward or after a
   // mispredict, adopts the order just seen; otherwise measures rates and may re-lay out.
-  void end();
+  // With `failed` (it raised), the units it left entered are released and nothing is
+  // learned from it. Throws IOError if the forward read a part of the file that is gone.
+  void end(bool failed = false);
 
   // Plans again, now, with the known order and `rates` (instead of measured ones): for
   // callers that know their rates, and for tests of the layouts.

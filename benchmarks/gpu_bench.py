@@ -32,7 +32,7 @@ SIZES = ["1b", "7b"]  # litcore.synthetic.LLAMA_SIZES
 
 # Runs one system in a fresh process; prints one RESULT line. Timings exclude imports.
 WORKER = r"""
-import json, sys, time, torch
+import json, os, sys, time, torch
 from transformers import AutoConfig, LlamaForCausalLM
 system, model_dir, pl_dir, budget, tokens, logits_out = sys.argv[1:7]
 tokens = int(tokens)
@@ -47,7 +47,8 @@ t0 = time.perf_counter()
 if system == "gpu-resident":
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float16, device_map="cuda").eval()
 elif system == "litcore":
-    model = litcore.from_pretrained(model_dir, device="cuda", gpu_memory_budget=budget, progress=False)
+    model = litcore.from_pretrained(os.path.join(model_dir, "model.lit"), device="cuda", gpu_memory_budget=budget,
+                                    progress=False)
 elif system == "accelerate":
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float16, device_map="auto",
                                              max_memory={0: budget, "cpu": "200GiB"}).eval()
@@ -107,7 +108,9 @@ def prepare(size: str, layers: Optional[int], cache: str, want_pytorch_lit: bool
         synthetic.make_model_dir(model_dir, config, dtype=torch.float16, device="cuda")
         print(f"made {model_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     if not os.path.exists(os.path.join(model_dir, "model.lit")):
-        litcore.from_pretrained(model_dir, progress=False).close()
+        from litcore.hf import convert_pretrained
+
+        convert_pretrained(model_dir, os.path.join(model_dir, "model.lit"), progress=False)
     paths = {"model_dir": model_dir, "pytorch_lit_dir": os.path.join(model_dir, "pytorch-lit-fp16"), "pl_path": ""}
     if want_pytorch_lit:
         pl = pytorch_lit_path(cache)

@@ -49,7 +49,9 @@ def prepare(model: str, cache: str) -> Dict[str, str]:
         synthetic.make_model_dir(model_dir, synthetic.llama_config(model))
     lit = os.path.join(model_dir, "model.lit")
     if not os.path.exists(lit):
-        litcore.from_pretrained(model_dir, progress=False)  # converts in the model's order
+        from litcore.hf import convert_pretrained
+
+        convert_pretrained(model_dir, lit, progress=False)  # in the model's order
     return {"model_dir": model_dir, "lit": lit, "pytorch_lit_dir": os.path.join(model_dir, "pytorch-lit-fp16"),
             "offload": os.path.join(model_dir, "accelerate-offload")}
 

@@ -13,6 +13,7 @@ import time
 import torch
 
 import litcore
+from litcore.budget import budget_argument
 from litcore import synthetic
 
 
@@ -54,7 +55,8 @@ class TokenProgress:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1b", choices=list(synthetic.LLAMA_SIZES))
-    parser.add_argument("--budget", default="1GiB", help="memory for weights (the model is 2.2 GB at --size 1b)")
+    parser.add_argument("--budget", default="1GiB", type=budget_argument,
+                        help="memory for weights (the model is 2.2 GB at --size 1b)")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--cache", default=".cache/demo")
     args = parser.parse_args()
@@ -74,7 +76,12 @@ def main() -> None:
     print(f"ready in {ready:.2f} s: {plan.total_bytes / 2**30:.2f} GiB of weights, budget {plan.budget / 2**30:.2f} GiB, "
           f"{plan.resident_bytes / 2**30:.2f} GiB resident, {plan.streamed_bytes / 2**30:.2f} GiB streamed per forward")
 
-    prompt = torch.randint(3, lit.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    from transformers import AutoTokenizer
+
+    if not os.path.exists(os.path.join(model_dir, "tokenizer.json")):  # a model made by an older litcore
+        synthetic.make_tokenizer(model_dir, lit.config.vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer("The quick brown fox", return_tensors="pt").input_ids
     t0 = time.perf_counter()
     lit(prompt)
     first = time.perf_counter() - t0
@@ -86,7 +93,7 @@ def main() -> None:
     last = stats["last"] or {}
     print("\nsummary")
     print(f"  load (convert once, then map + bind): {ready:.2f} s")
-    print(f"  first forward (8 tokens):             {first:.2f} s")
+    print(f"  first forward ({prompt.shape[1]} tokens):             {first:.2f} s")
     print(f"  generate:                             {args.tokens} tokens in {took:.2f} s "
           f"({took / args.tokens:.2f} s/token, {args.tokens / took:.2f} tokens/s)")
     print(f"  read per forward:                     {last.get('bytes_read', 0) / 2**20:.0f} MiB, "
@@ -94,6 +101,7 @@ def main() -> None:
     print(f"  peak RSS:                             {peak_rss() / 2**20:.0f} MiB "
           "(mapped weight pages included; streamed pages are dropped after use)")
     print(f"  generated ids:                        {out[0, prompt.shape[1]:].tolist()}")
+    print(f"  text (seeded random weights: gibberish): {tokenizer.decode(out[0], skip_special_tokens=True)!r}")
 
 
 if __name__ == "__main__":

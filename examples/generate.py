@@ -13,6 +13,7 @@ import time
 import torch
 
 import litcore
+from litcore.budget import budget_argument
 from litcore import synthetic
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=list(synthetic.LLAMA_SIZES), help="synthetic model size")
     parser.add_argument("--prompt", default="The quick brown fox")
     parser.add_argument("--tokens", type=int, default=20, help="new tokens to generate")
-    parser.add_argument("--budget", default="auto", help="memory budget for weights, e.g. 1GiB")
+    parser.add_argument("--budget", default="auto", type=budget_argument, help="memory budget for weights, e.g. 1GiB")
     parser.add_argument("--cache", default=".cache/examples", help="where synthetic models are kept")
     args = parser.parse_args()
 
@@ -37,6 +38,9 @@ def main() -> None:
     t0 = time.perf_counter()
     lit = litcore.from_pretrained(model_dir, memory_budget=args.budget, progress=True)
     print(f"ready in {time.perf_counter() - t0:.2f} s: {lit}")
+    if not lit.module.can_generate():
+        raise SystemExit(f"generate.py: '{model_dir}' holds a {type(lit.module).__name__}, which does not generate "
+                         "text: pass a causal language model (e.g. a Llama, GPT-2 or Qwen directory)")
 
     tokenizer = None
     if any(os.path.exists(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):

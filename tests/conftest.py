@@ -52,6 +52,13 @@ def tmp(tmp_path):
     return tmp_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def conversion_cache(tmp_path_factory):
+    """from_pretrained's conversions go to a scratch directory, never the user's cache."""
+    os.environ["LITCORE_CACHE"] = str(tmp_path_factory.mktemp("litcore-cache"))
+    yield os.environ["LITCORE_CACHE"]
+
+
 def cmake_build(source_dir, build_dir) -> None:
     """Configures and builds a C++ project against the installed litcore and torch."""
     import litcore

@@ -345,3 +345,33 @@ def test_a_spread_layout_is_bit_exact_and_adopted_cleanly(tmp):
     after = lit.stats()["per_forward"][1]  # the forward after the switch runs the new plan (it is not re-planned)
     assert after["streamed_runs"] == plan.runs and after["mispredicts"] == 0
     assert after["bytes_read"] >= plan.streamed_bytes - plan.window_bytes
+
+
+def test_buffers_computed_at_construction_follow_the_files_dtype(tmp):
+    """A positional table computed in the default dtype, used in a matmul with the weights:
+    with a bf16 file the model is built as transformers builds one for dtype=bfloat16 (torch's
+    default dtype set to it), so the table is bf16 and the forward runs."""
+
+    class Positional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.register_buffer("table", torch.linspace(-1, 1, 5 * 16).reshape(5, 16), persistent=False)
+
+        def forward(self, x):
+            return self.proj(x + self.table) @ self.table.T
+
+    torch.manual_seed(0)
+    ref = Positional().eval()
+    litcore.save(ref.state_dict(), tmp / "p.lit", dtype="bfloat16")
+    lit = litcore.LitModule.from_params(tmp / "p.lit", Positional)
+    assert lit.module.table.dtype == torch.bfloat16 and torch.get_default_dtype() == torch.float32
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        same = Positional().eval()  # the reference, built the same way, with the file's weights
+    finally:
+        torch.set_default_dtype(torch.float32)
+    same.load_state_dict({k: v.bfloat16() for k, v in ref.state_dict().items()})
+    x = torch.randn(5, 16).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(lit(x), same(x))

@@ -101,12 +101,12 @@ def test_from_pretrained_directory_and_lit(tmp):
     ids = _inputs(config)
     with torch.no_grad():
         want = ref(ids).logits
-    lit = litcore.from_pretrained(tmp / "hf", progress=False)
+    lit = litcore.from_pretrained(tmp / "hf", cache_dir=tmp / "cache", progress=False)
     assert torch.equal(lit(ids).logits, want)
-    lit_file = tmp / "hf" / "model.lit"
-    assert lit_file.exists()
+    assert not list((tmp / "hf").glob("*.lit"))  # the model directory is left as it was
+    (lit_file,) = (tmp / "cache").glob("hf-*.lit")
     mtime = lit_file.stat().st_mtime_ns
-    again = litcore.from_pretrained(tmp / "hf", progress=False)  # cached: no reconversion
+    again = litcore.from_pretrained(tmp / "hf", cache_dir=tmp / "cache", progress=False)  # cached: no reconversion
     assert lit_file.stat().st_mtime_ns == mtime
     assert torch.equal(again(ids).logits, want)
     # The .lit file alone is enough: it carries the config.
@@ -124,4 +124,4 @@ def test_from_pretrained_directory_and_lit(tmp):
     # A dtype and a cache directory.
     lit16 = litcore.from_pretrained(tmp / "hf", dtype="bfloat16", cache_dir=tmp / "cache", progress=False)
     assert lit16.module.model.embed_tokens.weight.dtype == torch.bfloat16
-    assert (tmp / "cache" / "hf.model.bfloat16.lit").exists()
+    assert len(list((tmp / "cache").glob("hf-*.bfloat16.lit"))) == 1

@@ -64,6 +64,18 @@ std::vector<std::vector<ByteRange>> to_ranges(const RangesList& units) {
 }
 
 
+std::vector<UnitSpec> to_specs(const std::vector<UnitSpecTuple>& units) {
+  std::vector<UnitSpec> specs;
+  for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
+  return specs;
+}
+
+std::vector<UnitTuple> unit_tuples(const std::vector<Unit>& units) {
+  std::vector<UnitTuple> out;
+  for (const auto& u : units) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand);
+  return out;
+}
+
 py::tuple plan_tuple(const Plan& p) {
   return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes,
                         p.lookup_bytes, p.budget, p.total_bytes, p.runs, p.modeled_seconds);
@@ -214,8 +226,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init([](std::shared_ptr<Store> store, const std::vector<UnitSpecTuple>& units, uint64_t memory_budget,
                        int threads, const std::string& read_mode, bool warm_up, bool adapt, const std::string& verify) {
-             std::vector<UnitSpec> specs;
-             for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
+             std::vector<UnitSpec> specs = to_specs(units);
              EngineOptions options;
              options.memory_budget = memory_budget;
              options.threads = threads;
@@ -240,11 +251,7 @@ PYBIND11_MODULE(_C, m) {
       })
       .def("streams", &Engine::streams)
       .def("plan", [](const Engine& e) { return plan_tuple(e.plan()); })
-      .def("units", [](const Engine& e) {
-        std::vector<UnitTuple> out;
-        for (const auto& u : e.units()) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand);
-        return out;
-      })
+      .def("units", [](const Engine& e) { return unit_tuples(e.units()); })
       .def("order", &Engine::order)
       .def("placements", [](const Engine& e) {
         py::list out;
@@ -261,12 +268,16 @@ PYBIND11_MODULE(_C, m) {
       .def("take_warnings", &Engine::take_warnings);
 
   m.def("units_of", [](const Store& store, const std::vector<UnitSpecTuple>& units) {
-    std::vector<UnitSpec> specs;
-    for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
-    std::vector<UnitTuple> out;
-    for (const auto& u : units_of(store, specs)) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand);
-    return out;
+    return unit_tuples(units_of(store, to_specs(units)));
   });
+  m.def("units_of_tensors", [](const std::vector<UnitSpecTuple>& units,
+                               const std::map<std::string, std::pair<std::string, uint64_t>>& tensors) {
+    return unit_tuples(units_of(to_specs(units), [&](const std::string& name) {
+      auto it = tensors.find(name);
+      if (it == tensors.end()) throw litcore::KeyError("litcore: no size given for tensor '" + name + "'");
+      return it->second;
+    }));
+  }, py::arg("units"), py::arg("tensors"));
 
   // The warm-up reader on its own: for the CUDA path's host-kept weights.
   py::class_<WarmupReader>(m, "WarmupReader")

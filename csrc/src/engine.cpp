@@ -38,19 +38,19 @@ const char* residency_name(Residency r) {
   return "?";
 }
 
-std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& specs,
+std::vector<Unit> units_of(const std::vector<UnitSpec>& specs, const TensorResolver& resolve,
                            std::vector<std::vector<std::string>>* stored) {
-  const FileIndex& index = store.index();
   // Units sharing a stored tensor (tied weights) cannot stream: dropping one would drop
   // the other's weights while it runs.
   std::vector<std::vector<std::string>> canonical;
   std::map<std::string, int> users;
+  std::map<std::string, uint64_t> bytes;
   for (const auto& spec : specs) {
     std::set<std::string> seen;
     std::vector<std::string> names;
     for (const auto& name : spec.tensors) {
-      const TensorInfo& info = store.info(name);
-      const std::string& c = info.alias_of >= 0 ? index.tensors[info.alias_of].name : info.name;
+      auto [c, n] = resolve(name);
+      bytes[c] = n;
       if (seen.insert(c).second) names.push_back(c);
     }
     for (const auto& n : names) ++users[n];
@@ -62,7 +62,7 @@ std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& spec
     u.name = specs[i].name.empty() ? "<root>" : specs[i].name;
     bool shared = false;
     for (const auto& n : canonical[i]) {
-      u.nbytes += store.info(n).nbytes;
+      u.nbytes += bytes[n];
       shared = shared || users[n] > 1;
     }
     u.streamable = specs[i].streamable && !shared;
@@ -71,6 +71,16 @@ std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& spec
   }
   if (stored) *stored = std::move(canonical);
   return units;
+}
+
+std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& specs,
+                           std::vector<std::vector<std::string>>* stored) {
+  const FileIndex& index = store.index();
+  return units_of(specs, [&](const std::string& name) {
+    const TensorInfo& info = store.info(name);
+    const TensorInfo& s = info.alias_of >= 0 ? index.tensors[info.alias_of] : info;
+    return std::make_pair(s.name, s.nbytes);
+  }, stored);
 }
 
 Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs, EngineOptions options,

@@ -29,5 +29,16 @@ def from_pretrained(*args, **kwargs):  # noqa: D401 - thin lazy wrapper, transfo
     return _impl(*args, **kwargs)
 
 
+def plan_pretrained(*args, **kwargs):  # noqa: D401 - thin lazy wrapper, transformers is optional
+    """See litcore.hf.plan_pretrained."""
+    from litcore.hf import plan_pretrained as _impl
+
+    return _impl(*args, **kwargs)
+
+
+# `litcore.jit` after `import litcore`, as `torch.jit` after `import torch`.
+from litcore import jit  # noqa: E402
+
+
 __all__ = ["BudgetTooSmallError", "FormatError", "LitModule", "Store", "TensorInfo", "WeightsMismatchError", "convert",
-           "empty_init", "from_pretrained", "save", "cmake_prefix_path", "include_path", "library_path"]
+           "empty_init", "from_pretrained", "jit", "plan_pretrained", "save", "cmake_prefix_path", "include_path", "library_path"]

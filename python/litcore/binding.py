@@ -11,7 +11,7 @@ from torch import nn
 
 from litcore.store import Store
 
-__all__ = ["WeightsMismatchError", "UnitBinding", "Binding", "UnitSpec", "bind"]
+__all__ = ["WeightsMismatchError", "UnitBinding", "Binding", "UnitSpec", "bind", "unit_spec"]
 
 
 class WeightsMismatchError(RuntimeError):
@@ -51,14 +51,16 @@ class Binding:
     unexpected: List[str]
 
     def specs(self, root: nn.Module, *, lookups: bool = True) -> List[UnitSpec]:
-        """The units as the engine takes them. A leaf module holding only parameters can
-        stream; with `lookups`, embeddings are read by lookup (on a GPU they are copied whole)."""
-        out = []
-        for u in self.units:
-            leaf = next(iter(u.module.children()), None) is None and u.module is not root
-            lookup = lookups and isinstance(u.module, LOOKUP_MODULES)
-            out.append((u.name or "<root>", list(u.file_keys), leaf and not u.has_buffers, lookup))
-        return out
+        """The units as the engine takes them (see `unit_spec`)."""
+        return [unit_spec(root, u.name, u.module, u.file_keys, u.has_buffers, lookups=lookups) for u in self.units]
+
+
+def unit_spec(root: nn.Module, name: str, module: nn.Module, keys: List[str], has_buffers: bool, *,
+              lookups: bool = True) -> UnitSpec:
+    """One module as the engine takes it: a leaf module holding only parameters can stream;
+    with `lookups`, embeddings are read by lookup (on a GPU they are copied whole)."""
+    leaf = next(iter(module.children()), None) is None and module is not root
+    return (name or "<root>", list(keys), leaf and not has_buffers, lookups and isinstance(module, LOOKUP_MODULES))
 
 
 def _kind(dtype: torch.dtype) -> str:

@@ -65,3 +65,16 @@ def resolve_budget(value: Budget, argument: str = "memory_budget") -> int:
                       f"({machine / 2**30:.2f} GiB{' in its cgroup' if _C.cgroup_limit() else ''}); "
                       f"weights beyond what fits will be evicted by the kernel, not streamed", stacklevel=3)
     return n
+
+
+def budget_argument(text: str) -> str:
+    """An argparse `type=` for budget options: 'auto' or a size, checked before any work
+    (argparse then reports a bad value against the option)."""
+    import argparse
+
+    if text.strip().lower() != "auto":
+        try:
+            parse_size(text, "memory budget")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("litcore: ")) from None
+    return text

@@ -16,9 +16,9 @@ from litcore import dtypes
 from litcore._native import FormatError, _C
 from litcore.dtypes import DTypeLike
 from litcore.save import TensorPlan, base_metadata, plan_tensors, write_planned
-from litcore.store import PathLike
+from litcore.store import PathLike, Store
 
-__all__ = ["convert", "natural_key", "open_state_dict", "CONFIG_METADATA_KEY"]
+__all__ = ["convert", "natural_key", "open_state_dict", "source_sizes", "CONFIG_METADATA_KEY"]
 
 CONFIG_METADATA_KEY = "transformers.config"
 
@@ -156,6 +156,51 @@ def _torch_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[Li
     return plans, original
 
 
+def _lit_plans(path: str, dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str], Store]:
+    """A litcore file as a source (to change its dtype, or its order): ties stay ties."""
+    store = Store(path)
+    items = [(name, store[name]) for name in store.keys()]
+    plans, original = plan_tensors(items, dtype)
+    for plan, (_, t) in zip(plans, items):
+        if plan.produce is not None:
+            inner = plan.produce
+
+            def produce(w: "_C.Writer", i: int, inner=inner, t: torch.Tensor = t) -> None:
+                inner(w, i)
+                _C.drop_pages(t)  # the source's pages are not needed again
+
+            plan.produce = produce
+    return plans, original, store
+
+
+def source_sizes(src: PathLike, dtype: Optional[DTypeLike] = None) -> Dict[str, Tuple[str, int]]:
+    """name -> (stored name, bytes) of every tensor at `src` (a model directory, a
+    .safetensors, .bin/.pt or .lit file) as a conversion with `dtype` would store it, from
+    the headers alone (nothing is read). Tied tensors in a .lit file share a stored name."""
+    src = os.fspath(src)
+    target = dtypes.resolve(dtype)
+    out: Dict[str, Tuple[str, int]] = {}
+    kind, files = _resolve_sources(src)
+    if kind == "lit":
+        with Store(src) as store:
+            for name, info in store.infos().items():
+                stored = info.alias_of or name
+                size = store.info(stored)
+                final = dtypes.converted(size.dtype, target)
+                out[name] = (stored, size.nbytes // size.dtype.itemsize * final.itemsize if size.nbytes else 0)
+        return out
+    for path in files:
+        if kind == "safetensors":
+            header = _SafetensorsFile(path)
+            for name, (src_dtype, shape, _, nbytes) in header.entries.items():
+                final = dtypes.converted(src_dtype, target)
+                out[name] = (name, nbytes // src_dtype.itemsize * final.itemsize if nbytes else 0)
+        else:
+            for name, t in open_state_dict(path).items():
+                out[name] = (name, t.numel() * dtypes.converted(t.dtype, target).itemsize)
+    return out
+
+
 def _resolve_sources(src: str) -> Tuple[str, List[str]]:
     """('safetensors' | 'torch', files) for a file or a Hugging Face model directory."""
     if os.path.isdir(src):
@@ -177,9 +222,12 @@ def _resolve_sources(src: str) -> Tuple[str, List[str]]:
         raise FileNotFoundError(f"litcore: '{src}' does not exist")
     if src.endswith(".safetensors"):
         return "safetensors", [src]
+    if src.endswith(".lit"):
+        return "lit", [src]
     if src.endswith((".bin", ".pt", ".pth", ".ckpt")):
         return "torch", [src]
-    raise ValueError(f"litcore: cannot tell the format of '{src}' (expected .safetensors, .bin, .pt or .pth, or a model directory)")
+    raise ValueError(f"litcore: cannot tell the format of '{src}' (expected .safetensors, .bin, .pt, .pth or .lit, "
+                     "or a model directory)")
 
 
 def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, progress: bool = True,
@@ -187,18 +235,24 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
     """Converts weights at `src` to the litcore file `dst`; returns `dst`.
 
     `src` is a .safetensors file, a Hugging Face model directory (single or sharded
-    safetensors, or pytorch_model.bin), or a torch state-dict file (.bin/.pt, loaded with
-    weights_only=True, mmap=True). Tensors are written in `order` if given (names not in
+    safetensors, or pytorch_model.bin), a torch state-dict file (.bin/.pt, loaded with
+    weights_only=True, mmap=True), or another .lit file (to change its dtype). Tensors are written in `order` if given (names not in
     it follow), else in natural name order. A model directory's config.json is kept in the
     metadata under "transformers.config".
     """
     src, dst = os.fspath(src), os.fspath(dst)
     target = dtypes.resolve(dtype)
     kind, files = _resolve_sources(src)
+    _C.check_destination(dst)  # before any work: a bad destination is named at once
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise ValueError(f"litcore: '{dst}' is the source itself: convert into another file")
     fds: List[int] = []
+    source: Optional[Store] = None
     try:
         if kind == "safetensors":
             plans, original, fds = _safetensors_plans(files, target)
+        elif kind == "lit":
+            plans, original, source = _lit_plans(files[0], target)
         else:
             plans, original = _torch_plans(files, target)
         rank = {name: i for i, name in enumerate(order or [])}
@@ -215,6 +269,8 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
     finally:
         for fd in fds:
             os.close(fd)
+        if source is not None:
+            source.close()
     return dst
 
 

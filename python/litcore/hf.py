@@ -1,21 +1,37 @@
-"""Hugging Face transformers integration: `litcore.from_pretrained`."""
+"""Hugging Face transformers integration: `litcore.from_pretrained` and `plan_pretrained`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any, Optional, Type
+import warnings
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from litcore import dtypes
-from litcore.budget import Budget
-from litcore.convert import CONFIG_METADATA_KEY, convert
+from litcore.binding import unit_spec
+from litcore.budget import Budget, resolve_budget
+from litcore.convert import CONFIG_METADATA_KEY, _resolve_sources, convert, source_sizes
 from litcore.dtypes import DTypeLike
 from litcore.empty_init import empty_init
+from litcore.engine import DEFAULT_VERIFY, check_verify
 from litcore.lit_module import LitModule
+from litcore.residency import Plan, Unit, make_plan
 from litcore.store import PathLike, Store
 
-__all__ = ["from_pretrained", "config_from_lit", "model_class_for"]
+__all__ = ["from_pretrained", "plan_pretrained", "convert_pretrained", "config_from_lit", "model_class_for",
+           "model_order", "default_cache_dir"]
 
 CONVERT_DTYPE_KEY = "litcore.convert_dtype"
+SOURCE_KEY = "litcore.source_signature"
+
+
+def default_cache_dir() -> str:
+    """Where conversions are cached: $LITCORE_CACHE, else $XDG_CACHE_HOME/litcore, else
+    ~/.cache/litcore."""
+    if os.environ.get("LITCORE_CACHE"):
+        return os.environ["LITCORE_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "litcore")
 
 
 def config_from_lit(path: PathLike):
@@ -43,55 +59,124 @@ def model_class_for(config) -> Type:
     return AutoModelForCausalLM._model_mapping[type(config)]
 
 
-def _cached_lit(model_dir: str, cache_dir: Optional[str], dtype: Optional[str]) -> str:
-    name = "model" + (f".{dtype}" if dtype else "") + ".lit"
-    if cache_dir is None:
-        if os.access(model_dir, os.W_OK):
-            return os.path.join(model_dir, name)
-        cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "litcore")
-    os.makedirs(cache_dir, exist_ok=True)
-    return os.path.join(cache_dir, os.path.basename(os.path.normpath(model_dir)) + "." + name)
+def _cache_path(src: str, cache_dir: Optional[str], dtype: Optional[str]) -> str:
+    """One cached conversion per source path and dtype, in the cache directory."""
+    src = os.path.abspath(src)
+    tag = hashlib.sha256(src.encode()).hexdigest()[:12]
+    name = os.path.basename(os.path.normpath(src)).removesuffix(".lit")
+    directory = cache_dir or default_cache_dir()
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, f"{name}-{tag}" + (f".{dtype}" if dtype else "") + ".lit")
 
 
-def _is_fresh(lit_path: str, model_dir: str) -> bool:
-    if not os.path.exists(lit_path):
+def _signature(src: str) -> str:
+    """What identifies a source: its weight files' and config's names, sizes and mtimes."""
+    kind, files = _resolve_sources(src)
+    if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+        files = files + [os.path.join(src, "config.json")]
+    entries = []
+    for f in files:
+        st = os.stat(f)
+        entries.append([os.path.basename(f), st.st_size, st.st_mtime_ns])
+    return json.dumps(entries)
+
+
+def _reusable(cached: str, src: str, verify: str) -> bool:
+    """True when `cached` was converted from `src` as it is now and (unless verify is
+    "none") every tensor passes its checksum. A corrupt cache is removed, with a warning."""
+    if not os.path.exists(cached):
         return False
-    newest = max(os.path.getmtime(os.path.join(model_dir, f)) for f in os.listdir(model_dir)
-                 if f.endswith((".safetensors", ".bin", ".json")))
-    return os.path.getmtime(lit_path) >= newest
+    try:
+        with Store(cached) as store:
+            if store.metadata.get(SOURCE_KEY) != _signature(src):
+                return False
+            bad = store.verify() if verify != "none" else []
+            store.release(store.keys())  # checking read it: leave the page cache as it was
+    except (ValueError, OSError) as exc:
+        bad = [str(exc)]
+    if bad:
+        warnings.warn(f"litcore: the cached conversion '{cached}' is corrupt ({', '.join(bad[:3])}); "
+                      f"converting '{src}' again", stacklevel=3)
+        os.unlink(cached)
+        return False
+    return True
 
 
-def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = None, cache_dir: Optional[PathLike] = None,
-                    memory_budget: Budget = "auto", model_class: Optional[Type] = None, config: Any = None,
-                    progress: bool = True, **options: Any) -> LitModule:
+def _converted(src: str, cache_dir: Optional[str], dtype: Optional[DTypeLike], verify: str, progress: bool,
+               order: Optional[List[str]] = None) -> str:
+    """The cached conversion of `src` (with `dtype`), made if missing, stale or corrupt."""
+    dtype_name = dtypes.name_of(dtypes.resolve(dtype)) if dtype is not None else None
+    cached = _cache_path(src, cache_dir, dtype_name)
+    if not _reusable(cached, src, verify):
+        convert(src, cached, dtype=dtype, progress=progress, order=order,
+                metadata={CONVERT_DTYPE_KEY: dtype_name or "as-is", SOURCE_KEY: _signature(src)})
+    return cached
+
+
+def _lit_needs(path: str, dtype: Optional[DTypeLike]) -> bool:
+    """True when the .lit file holds floating-point tensors of another dtype than `dtype`."""
+    target = dtypes.resolve(dtype)
+    if target is None:
+        return False
+    with Store(path) as store:
+        return any(dtypes.converted(i.dtype, target) != i.dtype for i in store.infos().values())
+
+
+def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = None,
+                    cache_dir: Optional[PathLike] = None, memory_budget: Budget = "auto",
+                    model_class: Optional[Type] = None, config: Any = None, progress: bool = True,
+                    device: str = "cpu", gpu_memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
+                    read_mode: str = "sendfile", verbose: bool = False,
+                    verify: Union[str, bool] = DEFAULT_VERIFY) -> LitModule:
     """A ready LitModule for a transformers model directory (config.json + safetensors or
     pytorch_model.bin) or a .lit file converted from one.
 
-    A directory is converted once, in the model's own parameter order, to
-    `model[.DTYPE].lit` beside it (or in `cache_dir`, or ~/.cache/litcore when the directory
-    is read-only) and reused while it is newer than the source files.
+    A directory is converted once, in the model's own parameter order, into `cache_dir`
+    (default: `default_cache_dir()`, ~/.cache/litcore) and reused while it matches its
+    source (weight files' names, sizes and mtimes) and its checksums (unless
+    `verify="none"`); a corrupt cache is converted again with a warning. `dtype` converts
+    floating-point weights (a .lit file of another dtype is converted into the cache too).
+    `model_class` and `config` override what config.json names. The other options are
+    LitModule.from_params's.
     """
     from transformers import AutoConfig
 
+    verify = check_verify(verify)
     src = os.fspath(model_dir_or_lit)
-    dtype_name = dtypes.name_of(dtypes.resolve(dtype)) if dtype is not None else None
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
     if os.path.isdir(src):
         config = config or AutoConfig.from_pretrained(src)
         model_class = model_class or model_class_for(config)
-        lit_path = _cached_lit(src, os.fspath(cache_dir) if cache_dir else None, dtype_name)
-        if not _is_fresh(lit_path, src):
-            with empty_init():
-                skeleton = model_class(config)
-            order = [n for n, _ in skeleton.state_dict(keep_vars=True).items()]
-            del skeleton
-            convert(src, lit_path, dtype=dtype, progress=progress, order=order,
-                    metadata={CONVERT_DTYPE_KEY: dtype_name or "as-is"})
+        lit_path = _converted(src, cache, dtype, verify, progress, model_order(model_class, config))
     else:
-        lit_path = src
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"litcore: '{src}' does not exist (expected a model directory or a .lit file)")
+        lit_path = _converted(src, cache, dtype, verify, progress) if _lit_needs(src, dtype) else src
         config = config or config_from_lit(lit_path)
         model_class = model_class or model_class_for(config)
 
-    return LitModule.from_params(lit_path, lambda: _build(model_class, config), memory_budget=memory_budget, **options)
+    return LitModule.from_params(lit_path, lambda: _build(model_class, config), memory_budget=memory_budget,
+                                 device=device, gpu_memory_budget=gpu_memory_budget, strict=strict, threads=threads,
+                                 read_mode=read_mode, verbose=verbose, verify=verify)
+
+
+def model_order(model_class: Type, config: Any) -> List[str]:
+    """The model's parameter and buffer names in the order it registers them (roughly the
+    order it runs them): the order conversions write tensors in."""
+    with empty_init():
+        skeleton = model_class(config)
+    return list(skeleton.state_dict(keep_vars=True))
+
+
+def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None,
+                       progress: bool = True) -> str:
+    """Converts a transformers model directory to the .lit file `dst`, in the model's own
+    order, with its config; returns `dst`. (`from_pretrained` does this into its cache.)"""
+    from transformers import AutoConfig
+
+    src = os.fspath(model_dir)
+    config = AutoConfig.from_pretrained(src)
+    return convert(src, dst, dtype=dtype, progress=progress, order=model_order(model_class_for(config), config))
 
 
 def _build(model_class: Type, config: Any):
@@ -105,3 +190,52 @@ def _build(model_class: Type, config: Any):
         model = model_class(config)
     model.tie_weights()
     return model
+
+
+def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto", dtype: Optional[DTypeLike] = None,
+                    model_class: Optional[Type] = None, config: Any = None) -> Plan:
+    """A dry run: the plan `from_pretrained` would start with under `memory_budget` (which
+    modules stay resident, stream, or are read by lookup, with bytes), from the weight
+    files' headers and the model's structure; nothing is converted or read. The first
+    forward may refine it (it learns the execution order)."""
+    from transformers import AutoConfig
+
+    src = os.fspath(model_dir_or_lit)
+    if os.path.isdir(src):
+        config = config or AutoConfig.from_pretrained(src)
+    else:
+        config = config or config_from_lit(src)
+    model_class = model_class or model_class_for(config)
+    sizes = source_sizes(src, dtype)
+    with empty_init():
+        skeleton = _build(model_class, config)
+    specs, tensors = _skeleton_units(skeleton, sizes)
+    from litcore._native import _C
+
+    units = [Unit(*u) for u in _C.units_of_tensors(specs, tensors)]
+    return make_plan(units, list(range(len(units))), resolve_budget(memory_budget))
+
+
+def _skeleton_units(root, sizes: Dict[str, Tuple[str, int]]) -> Tuple[list, Dict[str, Tuple[str, int]]]:
+    """The engine's units for a model built empty, with each tensor's stored name and size
+    from `sizes` (tied parameters resolve to the name the file stores)."""
+    stored: Dict[int, str] = {}  # tensor identity -> the name its bytes are stored under
+    for name, t in root.state_dict(keep_vars=True).items():
+        if name in sizes and id(t) not in stored:
+            stored[id(t)] = sizes[name][0]
+    specs, tensors = [], {}
+    for prefix, module in root.named_modules():
+        keys, has_buffers = [], False
+        owned = list(module._parameters.items()) + [(n, b) for n, b in module._buffers.items()
+                                                     if n not in module._non_persistent_buffers_set]
+        for attr, t in owned:
+            if t is None or id(t) not in stored:
+                continue
+            key = f"{prefix}.{attr}" if prefix else attr
+            canonical = stored[id(t)]
+            tensors[key] = (canonical, sizes[canonical][1])
+            keys.append(key)
+            has_buffers = has_buffers or attr in module._buffers
+        if keys:
+            specs.append(unit_spec(root, prefix, module, keys, has_buffers))
+    return specs, tensors

@@ -4,15 +4,16 @@ LitModule builds, binds, chooses the device, installs the hooks, reports and clo
 engine (litcore.engine, native) decides everything else."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
-from litcore import hooks
+from litcore import dtypes, hooks
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
@@ -40,6 +41,23 @@ def _require_cuda(device: torch.device) -> None:
     if not torch.cuda.is_available():
         raise ValueError(f"litcore: device {device} requested but CUDA is not available "
                          f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+
+
+def _file_float_dtype(store: Store) -> Optional[torch.dtype]:
+    """The one floating-point dtype of the file's weights, or None (none, or several)."""
+    found = {i.dtype for i in store.infos().values() if i.dtype in dtypes.CONVERTIBLE}
+    return found.pop() if len(found) == 1 else None
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: Optional[torch.dtype]) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class LitModule:
@@ -99,7 +117,10 @@ class LitModule:
         if device.type == "cuda":
             _require_cuda(device)  # before building and binding: fail fast
         store = Store(resolve_weights_path(path), verify="full" if verify == "full" else "none")
-        with empty_init():
+        # Built with torch's default dtype set to the file's, as transformers does for
+        # torch_dtype: buffers the model computes at construction (a positional table)
+        # come out in the weights' dtype, as model.to(dtype) would make them.
+        with empty_init(), _default_dtype(_file_float_dtype(store)):
             module = builder()
         if not isinstance(module, nn.Module):
             raise TypeError(f"litcore: the builder returned {type(module).__name__}, not an nn.Module")

@@ -8,7 +8,7 @@ from typing import Dict
 
 import torch
 
-__all__ = ["LLAMA_SIZES", "llama_config", "bert_config", "make_model_dir"]
+__all__ = ["LLAMA_SIZES", "llama_config", "bert_config", "make_model_dir", "make_tokenizer"]
 
 # name -> LlamaConfig arguments. "1b" is the 1.1B shape of shared/anchors.md; "7b" is Llama-2-7B's.
 LLAMA_SIZES: Dict[str, dict] = {
@@ -75,7 +75,28 @@ def make_model_dir(path: str, config, *, dtype: torch.dtype = torch.bfloat16, se
         seen[id(t)] = name
         target = dtype if t.dtype.is_floating_point else t.dtype
         tensors[name] = t.detach().clone() if t.device.type != "meta" else _seeded_tensor(name, t.shape, target, seed, device)
-    config.torch_dtype = dtype
+    config.dtype = dtype
     config.save_pretrained(path)
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    make_tokenizer(path, config.vocab_size)
     return path
+
+
+_TOKENIZER_TEXT = """The quick brown fox jumps over the lazy dog. litcore runs PyTorch models that do not fit in
+memory: it keeps the weights in one file and brings each module's weights in just before it runs.
+Once upon a time there was a model larger than the machine, and it ran anyway, one layer at a time."""
+
+
+def make_tokenizer(path: str, vocab_size: int) -> None:
+    """A small byte-level BPE tokenizer (ids below `vocab_size`) saved beside a synthetic
+    model, so text goes in and out as with a real one; the model's text is still gibberish."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 400), special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([_TOKENIZER_TEXT], trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>").save_pretrained(path)

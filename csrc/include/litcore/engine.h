@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -83,6 +84,11 @@ struct ModulePlacement {
 // unit shares a stored tensor (tied weights). `stored`, if given, gets each unit's stored
 // (canonical) tensor names. Throws KeyError for a tensor not in the store.
 std::vector<Unit> units_of(const Store& store, const std::vector<UnitSpec>& specs,
+                           std::vector<std::vector<std::string>>* stored = nullptr);
+// The same for tensors not in a file yet (a dry run): `resolve` gives a tensor's stored
+// name (tied tensors share one) and its bytes.
+using TensorResolver = std::function<std::pair<std::string, uint64_t>(const std::string&)>;
+std::vector<Unit> units_of(const std::vector<UnitSpec>& specs, const TensorResolver& resolve,
                            std::vector<std::vector<std::string>>* stored = nullptr);
 
 class Engine {

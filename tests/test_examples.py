@@ -35,3 +35,12 @@ def test_demo_small(tmp):
     out = _run("demo.py", "--size", "tiny", "--budget", "150KB", "--tokens", "4", "--cache", str(tmp), cwd=tmp)
     for line in ("load (convert once", "generate:", "peak RSS", "streamed per forward"):
         assert line in out, out
+
+
+def test_api_reference_is_current(tmp):
+    """docs/api.md is generated from the docstrings: regenerate it after changing the API."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "make_api.py"), str(tmp / "api.md")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(ROOT, "docs", "api.md")) as f:
+        assert (tmp / "api.md").read_text() == f.read(), "run: python docs/make_api.py"

@@ -125,3 +125,50 @@ def test_from_pretrained_directory_and_lit(tmp):
     lit16 = litcore.from_pretrained(tmp / "hf", dtype="bfloat16", cache_dir=tmp / "cache", progress=False)
     assert lit16.module.model.embed_tokens.weight.dtype == torch.bfloat16
     assert len(list((tmp / "cache").glob("hf-*.bfloat16.lit"))) == 1
+
+
+def test_from_pretrained_options_mean_what_they_say(tmp):
+    from transformers import LlamaForCausalLM
+
+    config = llama_config()
+    ref = seeded(LlamaForCausalLM, config)
+    ref.save_pretrained(tmp / "hf", safe_serialization=True)
+    ids = _inputs(config)
+    with pytest.raises(TypeError, match="from_pretrained.*memory_buget"):
+        litcore.from_pretrained(tmp / "hf", memory_buget="1GB")  # a typo is reported against what was called
+    lit = litcore.from_pretrained(tmp / "hf", cache_dir=tmp / "cache", progress=False)
+    (cached,) = (tmp / "cache").glob("hf-*.lit")
+    # a .lit file of another dtype is converted, never loaded as it is
+    bf16 = tmp / "bf16.lit"
+    litcore.convert(cached, bf16, dtype="bfloat16", progress=False)
+    as_fp32 = litcore.from_pretrained(bf16, dtype="float32", cache_dir=tmp / "cache", progress=False)
+    assert as_fp32.module.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    assert litcore.from_pretrained(bf16, progress=False).module.lm_head.weight.dtype == torch.bfloat16
+    # a corrupt cache is rebuilt, with a warning, and the answer stays right
+    with litcore.Store(cached) as store:
+        offset = store.info("model.layers.1.mlp.up_proj.weight").offset
+    lit.close()
+    with open(cached, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x7f\x7f")
+    with pytest.warns(UserWarning, match=r"cached conversion .* is corrupt .*model\.layers\.1\.mlp\.up_proj\.weight"):
+        again = litcore.from_pretrained(tmp / "hf", cache_dir=tmp / "cache", progress=False)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, ref(ids).logits)
+    # a source that changed is converted again (not judged by mtime alone)
+    (tmp / "hf" / "config.json").write_text((tmp / "hf" / "config.json").read_text().replace("}", ' , "x_note": 1}', 1))
+    before = cached.stat().st_mtime_ns
+    litcore.from_pretrained(tmp / "hf", cache_dir=tmp / "cache", progress=False)
+    assert cached.stat().st_mtime_ns != before
+
+
+def test_litcore_jit_after_import_litcore(tmp):
+    from conftest import run_python
+
+    out = run_python(f"""
+        import litcore, torch
+        scripted = torch.jit.script(torch.nn.Linear(4, 4).eval())
+        litcore.jit.save(scripted, {str(tmp / 'l.pt')!r}, {str(tmp / 'l.lit')!r})
+        print(type(litcore.jit.load({str(tmp / 'l.pt')!r}, {str(tmp / 'l.lit')!r})).__name__)
+        """)
+    assert "RecursiveScriptModule" in out.stdout

@@ -258,7 +258,10 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
         rank = {name: i for i, name in enumerate(order or [])}
         fallback = len(rank)
         plans = _reorder(plans, lambda p: (rank.get(p.name, fallback), natural_key(p.name)))
-        meta = {"litcore.source": os.path.basename(os.path.normpath(src)), "litcore.source_format": kind}
+        meta = {}
+        if source is not None:  # a .lit source keeps what it carries (its model's config)
+            meta.update({k: v for k, v in source.metadata.items() if not k.startswith("litcore.")})
+        meta.update({"litcore.source": os.path.basename(os.path.normpath(src)), "litcore.source_format": kind})
         config = os.path.join(src, "config.json") if os.path.isdir(src) else None
         if config and os.path.exists(config):
             with open(config) as f:

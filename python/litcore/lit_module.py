@@ -67,6 +67,11 @@ class LitModule:
     nothing extra. Beyond it, the engine keeps some modules resident and streams the rest:
     native threads read the next modules (in the execution order recorded on the first
     forward) while the current one computes, and drop them right after use.
+
+    Call it as the model (under inference mode); other attributes are the model's
+    (`lit.generate(...)`, `lit.config`). `lit.module` is the model, `lit.store` the file,
+    `lit.engine` the engine (`replan(rates)`, `passes()`, `summary()`). Made by
+    `from_params` or `litcore.from_pretrained`.
     """
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",

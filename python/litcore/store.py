@@ -62,6 +62,7 @@ class Store:
         return self._native.closed
 
     def keys(self) -> List[str]:
+        """Every tensor's name (aliases included), in file order."""
         return self._native.keys()
 
     def __iter__(self) -> Iterator[str]:
@@ -80,6 +81,8 @@ class Store:
         return self._native.get(name) if name in self else default
 
     def info(self, name: str) -> TensorInfo:
+        """`name`'s dtype, shape, offset, size, checksum and the tensor it aliases (if any);
+        KeyError naming the tensor and the file if it is not there."""
         return self._make_info(self._native.info(name))
 
     def infos(self) -> Dict[str, TensorInfo]:

@@ -57,17 +57,17 @@ def floor_table(rows: List[Dict]) -> str:
     ref = next((r for r in rows if r["system"] == "in-memory" and not r["limit_mb"] and "error" not in r), None)
     compute_forward = ref["steady_forward_s"] if ref else 0.0
     compute_token = 1 / ref["generate_tok_s"] if ref else 0.0
-    lines = ["| litcore limit | streamed per forward (GB) | disk, measured after (GB/s) | floor forward (s) | "
-             "litcore forward (s) | ratio | floor (tok/s) | litcore (tok/s) | ratio |", "|" + "---|" * 9]
+    lines = ["| system | limit | streamed per forward (GB) | disk, measured after (GB/s) | floor forward (s) | "
+             "forward (s) | ratio | floor (tok/s) | tok/s | ratio |", "|" + "---|" * 10]
     for r in rows:
-        if r["system"] != "litcore" or not r.get("disk_bytes_per_s") or "error" in r:
+        if not r["system"].startswith("litcore") or not r.get("disk_bytes_per_s") or "error" in r:
             continue
         speeds = r["disk_bytes_per_s"]
         bandwidth = sum(speeds) / len(speeds)
         io = r["streamed_bytes_per_forward"] / bandwidth
         floor_forward = max(compute_forward, io)
         floor_tok_s = 1 / max(compute_token, io)
-        lines.append(f"| {r['limit_mb']} MB | {r['streamed_bytes_per_forward'] / 1e9:.2f} | "
+        lines.append(f"| {r['system']} | {r['limit_mb']} MB | {r['streamed_bytes_per_forward'] / 1e9:.2f} | "
                      f"{' / '.join(f'{v / 1e9:.2f}' for v in speeds)} | {floor_forward:.2f} | "
                      f"{r['steady_forward_s']:.2f} | {r['steady_forward_s'] / floor_forward:.2f}x | {floor_tok_s:.2f} | "
                      f"{r['generate_tok_s']:.2f} | {floor_tok_s / r['generate_tok_s']:.2f}x |")

@@ -30,6 +30,8 @@ def load(system: str, args):
 
         # The LitModule itself, as users call it: it learns the execution order on the first
         # forward and keeps the per-forward figures (its bare .module runs on the first plan).
+        if args.verify:  # an older litcore (a baseline) may not know the option: pass it only when asked
+            return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto", verify=args.verify)
         return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto")
     from transformers import AutoConfig, LlamaForCausalLM
 
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--offload")
     parser.add_argument("--accelerate-cpu", default="600MiB")
     parser.add_argument("--budget")
+    parser.add_argument("--verify", help="litcore's verify option (default: litcore's default)")
     parser.add_argument("--steady", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--logits-out")

@@ -133,16 +133,12 @@ std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& un
   return out;
 }
 
-void Engine::verify_unread() {
-  std::set<int> read_ahead;  // streamed units the prefetch reader checks as it reads them
+void Engine::verify_unread(const std::vector<int>& streamed) {
+  std::set<int> read_ahead;  // streamed units: the prefetch reader checks them as it reads them
   std::vector<int> lookups_streamed;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (unread_verified_.exchange(true)) return;
-    for (int i : plan_.streamed_order) {
-      if (units_[i].on_demand) lookups_streamed.push_back(i);
-      else read_ahead.insert(i);
-    }
+  for (int i : streamed) {
+    if (units_[i].on_demand) lookups_streamed.push_back(i);
+    else read_ahead.insert(i);
   }
   if (warmup_) {
     warmup_->stop();
@@ -156,7 +152,6 @@ void Engine::verify_unread() {
 }
 
 void Engine::begin(bool restart) {
-  if (options_.verify == Verify::Lazy && !unread_verified_) verify_unread();
   std::lock_guard<std::mutex> lock(mu_);
   if (restart && depth_ > 0) abandon_locked();
   if (depth_++ > 0) return;
@@ -217,34 +212,45 @@ void Engine::abandon_locked() {
 }
 
 void Engine::end(bool failed) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (depth_ == 0) return;  // abandoned meanwhile
-  if (failed) {
-    // A partial order would plan for half a model; the stats it leaves count in the next pass.
-    abandon_locked();
-    return;
+  std::vector<int> verify_streamed;  // set when this is the first forward to finish, under lazy checks
+  bool verify_now = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (depth_ == 0) return;  // abandoned meanwhile
+    if (failed) {
+      // A partial order would plan for half a model; the stats it leaves count in the next pass.
+      abandon_locked();
+      return;
+    }
+    if (--depth_ > 0) return;
+    if (options_.verify == Verify::Lazy && !unread_verified_) {
+      unread_verified_ = verify_now = true;
+      verify_streamed = plan_.streamed_order;  // the plan this forward ran
+    }
+    PassStats entry;
+    entry.forward_seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+    if (prefetcher_) {
+      PrefetchStats s = prefetcher_->stats();
+      bool mispredicted = s.mispredicts > 0;
+      if (recorded_ && !mispredicted && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
+      if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
+      // Taken again after a plan change: what it drops unused was read by this forward.
+      s = prefetcher_->stats();
+      prefetcher_->reset_stats();
+      entry.bytes_read = s.bytes_read;
+      entry.prefetch_hits = s.hits;
+      entry.prefetch_misses = s.misses;
+      entry.mispredicts = s.mispredicts;
+      entry.io_wait_seconds = s.wait_seconds;
+      entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
+    }
+    entry.resident_bytes = plan_.resident_bytes;
+    entry.streamed_runs = plan_.runs;
+    passes_.push_back(entry);
   }
-  if (--depth_ > 0) return;
-  PassStats entry;
-  entry.forward_seconds = std::chrono::duration<double>(Clock::now() - started_).count();
-  if (prefetcher_) {
-    PrefetchStats s = prefetcher_->stats();
-    bool mispredicted = s.mispredicts > 0;
-    if (recorded_ && !mispredicted && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
-    if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
-    // Taken again after a plan change: what it drops unused was read by this forward.
-    s = prefetcher_->stats();
-    prefetcher_->reset_stats();
-    entry.bytes_read = s.bytes_read;
-    entry.prefetch_hits = s.hits;
-    entry.prefetch_misses = s.misses;
-    entry.mispredicts = s.mispredicts;
-    entry.io_wait_seconds = s.wait_seconds;
-    entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
-  }
-  entry.resident_bytes = plan_.resident_bytes;
-  entry.streamed_runs = plan_.runs;
-  passes_.push_back(entry);
+  // The tensors no reader checked (resident weights the forward faulted in itself): checked
+  // now that they are in memory, before this first forward's result is handed back.
+  if (verify_now) verify_unread(verify_streamed);
   // A forward that read zeros where the file was cut short fails here, naming the file.
   store_->mapping()->check_faults();
 }

@@ -139,10 +139,9 @@ def open_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def _torch_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str]]:
-    items: List[Tuple[str, torch.Tensor]] = []
-    for path in files:
-        items.extend(open_state_dict(path).items())
+def _mapped_plans(items: List[Tuple[str, torch.Tensor]], dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str]]:
+    """Plans tensors that are views of a mapped file: each one's pages are dropped once it
+    is written, so a conversion never keeps its source resident. Ties stay ties."""
     plans, original = plan_tensors(items, dtype)
     for plan, (_, t) in zip(plans, items):
         if plan.produce is not None:
@@ -150,26 +149,23 @@ def _torch_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[Li
 
             def produce(w: "_C.Writer", i: int, inner=inner, t: torch.Tensor = t) -> None:
                 inner(w, i)
-                _C.drop_pages(t)  # the mmap'ed source page is not needed again
+                _C.drop_pages(t)
 
             plan.produce = produce
     return plans, original
 
 
+def _torch_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str]]:
+    items: List[Tuple[str, torch.Tensor]] = []
+    for path in files:
+        items.extend(open_state_dict(path).items())
+    return _mapped_plans(items, dtype)
+
+
 def _lit_plans(path: str, dtype: Optional[torch.dtype]) -> Tuple[List[TensorPlan], Dict[str, str], Store]:
-    """A litcore file as a source (to change its dtype, or its order): ties stay ties."""
+    """A litcore file as a source (to change its dtype, or its order)."""
     store = Store(path)
-    items = [(name, store[name]) for name in store.keys()]
-    plans, original = plan_tensors(items, dtype)
-    for plan, (_, t) in zip(plans, items):
-        if plan.produce is not None:
-            inner = plan.produce
-
-            def produce(w: "_C.Writer", i: int, inner=inner, t: torch.Tensor = t) -> None:
-                inner(w, i)
-                _C.drop_pages(t)  # the source's pages are not needed again
-
-            plan.produce = produce
+    plans, original = _mapped_plans([(name, store[name]) for name in store.keys()], dtype)
     return plans, original, store
 
 

@@ -42,9 +42,9 @@ struct EngineOptions {
   bool warm_up = true;         // read the resident weights in before the first forward
   bool adapt = true;           // re-lay out what streams from rates measured on each forward
   // Checksums: None; Full, every tensor when the engine starts; Lazy, each tensor the first
-  // time its bytes are read (by the warm-up and prefetch readers, as they read; what they
-  // have not read when the first forward begins is checked then). A mismatch throws
-  // FormatError naming the file and the tensor.
+  // time its bytes are read: by the warm-up and prefetch readers as they read, and what the
+  // first forward faulted in itself at its end, before its result is handed back. A
+  // mismatch throws FormatError naming the file and the tensor.
   Verify verify = Verify::None;
 };
 
@@ -140,8 +140,9 @@ class Engine {
   void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
   void switch_plan_locked(const Plan& plan);
   void abandon_locked();
-  // Lazy verification, at the first forward: every tensor the readers will not check.
-  void verify_unread();
+  // Lazy verification, after the first forward: every tensor the readers do not check
+  // (all but the units in `streamed`, which the prefetch reader checks as it reads them).
+  void verify_unread(const std::vector<int>& streamed);
   std::vector<std::vector<ByteRange>> ranges_of(const std::vector<int>& units) const;
 
   std::shared_ptr<Store> store_;
@@ -158,7 +159,7 @@ class Engine {
   std::set<int> ran_;          // every unit ever seen running
   bool recorded_ = false;      // an order was seen
   bool settling_ = false;      // the forward after a layout change reads new residents: not measured
-  std::atomic<bool> unread_verified_{false};
+  bool unread_verified_ = false;  // lazy checks of what no reader read are done
   PassRates rates_;
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;

@@ -9,7 +9,7 @@ memory limit that counts page cache, with the weight files evicted from page cac
 
 --baseline DIR adds the system "litcore-baseline": another litcore build (installed with
 `pip install --target DIR`, e.g. an older commit) run by the same worker beside this one.
-The system "litcore-unverified" is litcore with verify="none" (what lazy checksums cost).
+The system "litcore-lazy" is litcore with verify="none" (what lazy checksums cost).
 
 Writes a table to stdout, results.json and chart.png under --out, and docs/benchmarks.md.
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, HERE)
 import cgroup  # noqa: E402
 import report  # noqa: E402
 
-SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-unverified",
+SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-lazy",
            "litcore-baseline"]
 PYTORCH_LIT_VERSION = "0.1.7"
 
@@ -87,8 +87,8 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
     cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--system", worker_system, "--model-dir", paths["model_dir"],
            "--lit", paths["lit"], "--pytorch-lit-dir", paths["pytorch_lit_dir"], "--offload", paths["offload"],
            "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits, "--budget", budget]
-    if system == "litcore-unverified":  # what checksums cost: the same litcore with verify="none"
-        cmd += ["--verify", "none"]
+    if system == "litcore-lazy":  # what checksums cost: the same litcore with verify="lazy"
+        cmd += ["--verify", "lazy"]
     env = dict(os.environ)
     if system == "pytorch-lit":
         env["PYTHONPATH"] = pl_path
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--model", default="1b", choices=["tiny", "small", "1b"])
     parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
     parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("litcore-baseline",
-                                                                                      "litcore-unverified")))
+                                                                                      "litcore-lazy")))
     parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")

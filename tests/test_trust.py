@@ -44,10 +44,8 @@ def test_a_flipped_byte_is_never_a_silent_wrong_answer(model_file, budget, verif
         lit = litcore.LitModule.from_params(path, _build, memory_budget=budget, verify=verify)
         lit(x)
     assert "'3.fc2.weight'" in str(info.value)
-    # the default is lazy: the same error without asking for it
-    with pytest.raises(litcore.FormatError, match=r"3\.fc2\.weight"):
-        litcore.LitModule.from_params(path, _build, memory_budget=budget)(x)
-    lit = litcore.LitModule.from_params(path, _build, memory_budget=budget, verify="none")  # asked for: no checks
+    # no checks (the default: lazy checks cost more than the 5% a default may, docs/benchmarks.md)
+    lit = litcore.LitModule.from_params(path, _build, memory_budget=budget)
     assert lit(x).shape == (2, 5, 64)
 
 
@@ -72,15 +70,15 @@ def test_torchscript_and_cpp_verify_too(tmp, cpp_app):
     x = torch.randn(2, 5, 64)
     with pytest.raises(Exception, match=r"s\.lit.*2\.fc1\.weight.*checksum"):
         with torch.no_grad():
-            litcore.jit.load(tmp / "s.pt", tmp / "s.lit")(x)
+            litcore.jit.load(tmp / "s.pt", tmp / "s.lit", verify="lazy")(x)
     with pytest.raises(Exception, match=r"2\.fc1\.weight"):
         litcore.jit.load(tmp / "s.pt", tmp / "s.lit", verify="full")
+    r = subprocess.run([str(cpp_app / "run_model"), str(tmp / "s.pt"), str(tmp / "s.lit"), "--shape", "2,5,64",
+                        "--verify", "lazy"], capture_output=True, text=True)
+    assert r.returncode == 4 and "'2.fc1.weight': checksum mismatch" in r.stderr, r.stderr
     r = subprocess.run([str(cpp_app / "run_model"), str(tmp / "s.pt"), str(tmp / "s.lit"), "--shape", "2,5,64"],
                        capture_output=True, text=True)
-    assert r.returncode == 4 and "'2.fc1.weight': checksum mismatch" in r.stderr, r.stderr
-    r = subprocess.run([str(cpp_app / "run_model"), str(tmp / "s.pt"), str(tmp / "s.lit"), "--shape", "2,5,64",
-                        "--verify", "none"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr  # the default, as in Python: no checks
 
 
 def test_a_file_truncated_under_a_store_raises_instead_of_killing(model_file):

@@ -144,11 +144,13 @@ void Engine::verify_unread(const std::vector<int>& streamed) {
     warmup_->stop();
     if (auto error = warmup_->error()) std::rethrow_exception(error);
   }
+  std::set<int> lookups(lookups_streamed.begin(), lookups_streamed.end());
   for (size_t i = 0; i < units_.size(); ++i) {
-    if (!read_ahead.count(static_cast<int>(i))) store_->verify_once(tensors_[i]);
+    if (read_ahead.count(static_cast<int>(i))) continue;
+    // A lookup unit that streams is read whole to check it: dropped again as it is hashed,
+    // or it would push the resident weights out of a tight memory limit.
+    store_->verify_once(tensors_[i], lookups.count(static_cast<int>(i)) > 0);
   }
-  // A lookup unit that streams was read whole to check it: drop it again.
-  for (int i : lookups_streamed) store_->release(tensors_[i]);
 }
 
 void Engine::begin(bool restart) {

@@ -111,13 +111,24 @@ bool Store::verify(const std::string& name) const {
   return xxh64(mapping()->addr() + t.offset, t.nbytes) == t.checksum;
 }
 
-void Store::verify_once(const std::vector<std::string>& names) const {
+void Store::verify_once(const std::vector<std::string>& names, bool release_behind) const {
+  constexpr uint64_t kStep = 8ull << 20;
+  const auto& m = mapping();
   for (const auto& name : names) {
     const TensorInfo& t = info(name);
     size_t stored = t.alias_of >= 0 ? static_cast<size_t>(t.alias_of) : index_.by_name.at(name);
     if (verified_[stored].load(std::memory_order_acquire)) continue;
     const TensorInfo& s = index_.tensors[stored];
-    if (xxh64(mapping()->addr() + s.offset, s.nbytes) != s.checksum) {
+    Xxh64 h;
+    for (uint64_t done = 0; done < s.nbytes; done += kStep) {
+      uint64_t step = std::min(kStep, s.nbytes - done);
+      // Weights read by lookup fault only the touched page (random-access advice): read
+      // them in large requests first, or hashing would fault them in 4 KiB at a time.
+      if (release_behind) m->fill_cache(s.offset + done, step);
+      h.update(m->addr() + s.offset + done, step);
+      if (release_behind) m->release(s.offset + done, step);
+    }
+    if (h.digest() != s.checksum) {
       throw FormatError("litcore: '" + path_ + "': tensor '" + s.name + "': checksum mismatch (the data is corrupt)");
     }
     verified_[stored].store(true, std::memory_order_release);

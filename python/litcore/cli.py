@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", help=f"convert the weights first: {DTYPE_HELP}")
     p.add_argument("--tokenizer", help="the tokenizer's directory (default: the model's)")
-    p.add_argument("--verify", default="lazy", choices=["none", "lazy", "full"], help="checksums (default: lazy)")
+    p.add_argument("--verify", default="none", choices=["none", "lazy", "full"],
+                   help="checksums: lazy checks each tensor once, when first read (default: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no conversion progress bar")
     p.set_defaults(run=_cmd_generate)
     p = sub.add_parser("plan", help="dry run: which modules would stay resident, stream, or be read by lookup")

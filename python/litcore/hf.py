@@ -127,31 +127,33 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                     model_class: Optional[Type] = None, config: Any = None, progress: bool = True,
                     device: str = "cpu", gpu_memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
                     read_mode: str = "sendfile", verbose: bool = False,
-                    verify: Union[str, bool] = DEFAULT_VERIFY) -> LitModule:
+                    verify: Union[str, bool, None] = None) -> LitModule:
     """A ready LitModule for a transformers model directory (config.json + safetensors or
     pytorch_model.bin) or a .lit file converted from one.
 
     A directory is converted once, in the model's own parameter order, into `cache_dir`
     (default: `default_cache_dir()`, ~/.cache/litcore) and reused while it matches its
-    source (weight files' names, sizes and mtimes) and its checksums (unless
-    `verify="none"`); a corrupt cache is converted again with a warning. `dtype` converts
+    source (weight files' names, sizes and mtimes) and its checksums (checked on reuse
+    unless `verify="none"` is passed); a corrupt cache is converted again with a warning.
+    `verify` is otherwise LitModule.from_params's (default "none"). `dtype` converts
     floating-point weights (a .lit file of another dtype is converted into the cache too).
     `model_class` and `config` override what config.json names. The other options are
     LitModule.from_params's.
     """
     from transformers import AutoConfig
 
-    verify = check_verify(verify)
+    check_cache = "full" if verify is None else check_verify(verify)  # a cache is checked unless asked not to
+    verify = DEFAULT_VERIFY if verify is None else check_verify(verify)
     src = os.fspath(model_dir_or_lit)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
     if os.path.isdir(src):
         config = config or AutoConfig.from_pretrained(src)
         model_class = model_class or model_class_for(config)
-        lit_path = _converted(src, cache, dtype, verify, progress, model_order(model_class, config))
+        lit_path = _converted(src, cache, dtype, check_cache, progress, model_order(model_class, config))
     else:
         if not os.path.exists(src):
             raise FileNotFoundError(f"litcore: '{src}' does not exist (expected a model directory or a .lit file)")
-        lit_path = _converted(src, cache, dtype, verify, progress) if _lit_needs(src, dtype) else src
+        lit_path = _converted(src, cache, dtype, check_cache, progress) if _lit_needs(src, dtype) else src
         config = config or config_from_lit(lit_path)
         model_class = model_class or model_class_for(config)
 

@@ -110,9 +110,10 @@ class LitModule:
         the GPU, and the rest streams through pinned buffers on a copy stream.
         `read_mode` says how streamed weights are read: "sendfile" (default; the file's
         readahead with no copy), "pread" (the same with a copy) or "populate" (page faults).
-        `threads`: prefetch reader threads (1-64). `verify`: checksums, "lazy" (default: each
-        tensor the first time it is read), "full" (all, before returning) or "none"; a
-        mismatch raises FormatError naming the tensor. `strict=False` accepts missing (zero-
+        `threads`: prefetch reader threads (1-64). `verify`: checksums, "none" (default),
+        "lazy" (each tensor the first time it is read; the rest after the first forward,
+        before its result is returned) or "full" (all, before returning); a mismatch raises
+        FormatError naming the tensor. `strict=False` accepts missing (zero-
         filled) and unexpected tensors with a warning. `verbose` prints a line per forward."""
         verify = check_verify(verify)
         check_threads(threads)

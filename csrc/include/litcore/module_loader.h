@@ -17,8 +17,9 @@ struct Options {
   // (parse_budget() reads "1.5GiB"-style text by the same rules as Python).
   int64_t memory_budget = 0;
   int threads = 1;  // prefetch reader threads, 1 to kMaxThreads
-  // Checksums (EngineOptions::verify): None, Lazy (each tensor when first read) or Full.
-  Verify verify = Verify::Lazy;
+  // Checksums (EngineOptions::verify): None (the default, as in Python), Lazy (each tensor
+  // when first read) or Full.
+  Verify verify = Verify::None;
 };
 
 // torch::jit::load(model_path), then points the program's engine at `weights_path` and starts

@@ -53,9 +53,10 @@ class Store {
   // Checks one tensor's checksum; true when it matches.
   bool verify(const std::string& name) const;
   // Checks the checksum of each of `names` not checked before (thread-safe; reads the
-  // bytes through the mapping). Throws FormatError naming the file and the first tensor
-  // that fails.
-  void verify_once(const std::vector<std::string>& names) const;
+  // bytes through the mapping). With `release_behind`, each 8 MiB read is dropped from
+  // memory once hashed (for weights that are not meant to stay resident). Throws
+  // FormatError naming the file and the first tensor that fails.
+  void verify_once(const std::vector<std::string>& names, bool release_behind = false) const;
   // Checks every stored tensor; returns the names that fail. `progress` gets bytes done.
   std::vector<std::string> verify_all(const std::function<void(uint64_t)>& progress = {}) const;
 

@@ -9,7 +9,9 @@ memory limit that counts page cache, with the weight files evicted from page cac
 
 --baseline DIR adds the system "litcore-baseline": another litcore build (installed with
 `pip install --target DIR`, e.g. an older commit) run by the same worker beside this one.
-The system "litcore-lazy" is litcore with verify="none" (what lazy checksums cost).
+The system "litcore-lazy" is litcore with verify="lazy" (what lazy checksums cost);
+"litcore-cli-order" runs a file made by `litcore convert model.safetensors` (tensors in
+name order: within a layer the MLP before the attention) instead of the model's order.
 
 Writes a table to stdout, results.json and chart.png under --out, and docs/benchmarks.md.
 """
@@ -31,8 +33,8 @@ sys.path.insert(0, HERE)
 import cgroup  # noqa: E402
 import report  # noqa: E402
 
-SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-lazy",
-           "litcore-baseline"]
+SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-cli-order",
+           "litcore-lazy", "litcore-baseline"]
 PYTORCH_LIT_VERSION = "0.1.7"
 
 
@@ -40,7 +42,7 @@ def parse_limit(text: str) -> Optional[int]:
     return None if text in ("none", "0", "") else int(float(text) * 10**6)
 
 
-def prepare(model: str, cache: str) -> Dict[str, str]:
+def prepare(model: str, cache: str, cli_order: bool = False) -> Dict[str, str]:
     """The model directory (seeded bf16 weights), its litcore file and PyTorch-LIT's export."""
     import litcore
     from litcore import synthetic
@@ -54,7 +56,13 @@ def prepare(model: str, cache: str) -> Dict[str, str]:
         from litcore.hf import convert_pretrained
 
         convert_pretrained(model_dir, lit, progress=False)  # in the model's order
-    return {"model_dir": model_dir, "lit": lit, "pytorch_lit_dir": os.path.join(model_dir, "pytorch-lit-fp16"),
+    cli_order_lit = os.path.join(model_dir, "model.cli-order.lit")
+    if cli_order and not os.path.exists(cli_order_lit):
+        with open(os.path.join(model_dir, "config.json")) as f:  # the CLI's path, plus the config the worker needs
+            litcore.convert(os.path.join(model_dir, "model.safetensors"), cli_order_lit, progress=False,
+                            metadata={"transformers.config": f.read()})
+    return {"model_dir": model_dir, "lit": lit, "cli_order_lit": cli_order_lit,
+            "pytorch_lit_dir": os.path.join(model_dir, "pytorch-lit-fp16"),
             "offload": os.path.join(model_dir, "accelerate-offload")}
 
 
@@ -81,12 +89,15 @@ def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
 
 
 def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
-            steady: int, new_tokens: int, budget: str = "auto", baseline: Optional[str] = None) -> Dict:
+            steady: int, new_tokens: int, budget: str = "auto", baseline: Optional[str] = None,
+            prompt_tokens: int = 32) -> Dict:
     logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
     worker_system = "litcore" if system.startswith("litcore") else system
+    lit = paths["cli_order_lit"] if system == "litcore-cli-order" else paths["lit"]
     cmd = [sys.executable, os.path.join(HERE, "worker.py"), "--system", worker_system, "--model-dir", paths["model_dir"],
-           "--lit", paths["lit"], "--pytorch-lit-dir", paths["pytorch_lit_dir"], "--offload", paths["offload"],
-           "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits, "--budget", budget]
+           "--lit", lit, "--pytorch-lit-dir", paths["pytorch_lit_dir"], "--offload", paths["offload"],
+           "--steady", str(steady), "--new-tokens", str(new_tokens), "--logits-out", logits, "--budget", budget,
+           "--prompt-tokens", str(prompt_tokens)]
     if system == "litcore-lazy":  # what checksums cost: the same litcore with verify="lazy"
         cmd += ["--verify", "lazy"]
     env = dict(os.environ)
@@ -143,6 +154,9 @@ def main() -> None:
                                                                                       "litcore-lazy")))
     parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--prompt-tokens", type=int, default=32,
+                        help="tokens per timed forward; 1 makes compute cheap, so a read-path regression shows "
+                             "even on a CPU where a prefill is compute-bound")
     parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")
     parser.add_argument("--baseline", help="a litcore build installed with pip --target: the system litcore-baseline")
     parser.add_argument("--cache", default=".cache/bench")
@@ -160,7 +174,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     if not cgroup.available():
         print("NOTE: memory cgroups cannot be created here: limits are not applied, peak memory is the child's RSS.")
-    paths = prepare(args.model, args.cache)
+    paths = prepare(args.model, args.cache, cli_order="litcore-cli-order" in systems)
     pl_path = pytorch_lit_path(args.cache) if "pytorch-lit" in systems else None
     if "pytorch-lit" in systems and pl_path is None:
         systems.remove("pytorch-lit")
@@ -175,7 +189,7 @@ def main() -> None:
         limit = parse_limit(limit_text)
         for system in systems:
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
-                          args.baseline)
+                          args.baseline, args.prompt_tokens)
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
             rows.append(row)
@@ -183,7 +197,8 @@ def main() -> None:
     compare_exactness(rows)
     meta = {"model": args.model, "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
             "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "seconds": time.time() - started, "cpu": report.cpu_name(), "cgroups": cgroup.available()}
+            "seconds": time.time() - started, "cpu": report.cpu_name(), "cpu_flags": report.cpu_flags(),
+            "prompt_tokens": args.prompt_tokens, "cgroups": cgroup.available()}
     for r in rows:
         r.pop("tokens", None)
     with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--budget")
     parser.add_argument("--verify", help="litcore's verify option (default: litcore's default)")
     parser.add_argument("--steady", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens per timed forward (the prefill)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--logits-out")
     args = parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
         import pytorch_lit  # noqa: F401
     with open(os.path.join(args.model_dir, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
-    prefill = torch.randint(3, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
+    prefill = torch.randint(3, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     prompt = prefill[:, :8]
 
     t0 = time.perf_counter()

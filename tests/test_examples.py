@@ -44,3 +44,30 @@ def test_api_reference_is_current(tmp):
     assert r.returncode == 0, r.stderr
     with open(os.path.join(ROOT, "docs", "api.md")) as f:
         assert (tmp / "api.md").read_text() == f.read(), "run: python docs/make_api.py"
+
+
+def _fails(script, *args, cwd):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args], capture_output=True, text=True,
+                       cwd=cwd, timeout=600)
+    assert r.returncode != 0
+    return r.stderr
+
+
+def test_examples_refuse_what_they_cannot_do(tmp):
+    import torch
+
+    from litcore import synthetic
+
+    synthetic.make_model_dir(str(tmp / "bert"), synthetic.bert_config(), dtype=torch.float32)
+    err = _fails("generate.py", "--model", str(tmp / "bert"), cwd=tmp)
+    assert "BertModel" in err and "does not generate text" in err and "Traceback" not in err
+    err = _fails("demo.py", "--budget", "abc", "--size", "tiny", "--cache", str(tmp), cwd=tmp)
+    assert "--budget" in err and "'abc'" in err and "Traceback" not in err
+
+
+def test_demo_prints_no_deprecation_warnings(tmp):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "demo.py"), "--size", "tiny", "--budget", "150KB",
+                        "--tokens", "2", "--cache", str(tmp)], capture_output=True, text=True, cwd=tmp, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "torch_dtype" not in r.stderr and "deprecated" not in r.stderr.lower(), r.stderr
+    assert "text (seeded random weights: gibberish)" in r.stdout

@@ -178,3 +178,11 @@ def test_destinations_are_checked_first_and_named(tmp):
     assert not (tmp / "s.lit").exists()  # checked before the weights were written
     litcore.jit.save(scripted, tmp / "s.pt", tmp / "s.lit")
     assert [p.name for p in tmp.iterdir() if "partial" in p.name] == []
+
+
+def test_jit_save_uses_the_atomic_writer(tmp):
+    stale = tmp / ".s.pt.999999999.litcore-partial"  # left by a writer that died
+    stale.write_bytes(b"half a program")
+    litcore.jit.save(torch.jit.script(_build().eval()), tmp / "s.pt", tmp / "s.lit")
+    assert not stale.exists() and (tmp / "s.pt").exists()
+    assert sorted(p.name for p in tmp.iterdir()) == ["s.lit", "s.pt"]

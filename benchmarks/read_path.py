@@ -21,7 +21,7 @@ sys.path.insert(0, HERE)
 
 import cgroup  # noqa: E402
 
-MODES = ["sendfile", "pread", "populate"]
+MODES = ["sendfile", "pread", "populate", "exact"]
 
 CHILD = r"""
 import json, resource, sys, time

@@ -90,7 +90,7 @@ def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
 
 def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
             steady: int, new_tokens: int, budget: str = "auto", baseline: Optional[str] = None,
-            prompt_tokens: int = 32) -> Dict:
+            prompt_tokens: int = 32, read_mode: Optional[str] = None) -> Dict:
     logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
     worker_system = "litcore" if system.startswith("litcore") else system
     lit = paths["cli_order_lit"] if system == "litcore-cli-order" else paths["lit"]
@@ -100,6 +100,8 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
            "--prompt-tokens", str(prompt_tokens)]
     if system == "litcore-lazy":  # what checksums cost: the same litcore with verify="lazy"
         cmd += ["--verify", "lazy"]
+    if read_mode and system in ("litcore", "litcore-cli-order", "litcore-lazy"):
+        cmd += ["--read-mode", read_mode]
     env = dict(os.environ)
     if system == "pytorch-lit":
         env["PYTHONPATH"] = pl_path
@@ -158,6 +160,7 @@ def main() -> None:
                         help="tokens per timed forward; 1 makes compute cheap, so a read-path regression shows "
                              "even on a CPU where a prefill is compute-bound")
     parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")
+    parser.add_argument("--litcore-read-mode", help="litcore's read_mode (default: litcore's default)")
     parser.add_argument("--baseline", help="a litcore build installed with pip --target: the system litcore-baseline")
     parser.add_argument("--cache", default=".cache/bench")
     parser.add_argument("--out", default="benchmarks/results")
@@ -189,7 +192,7 @@ def main() -> None:
         limit = parse_limit(limit_text)
         for system in systems:
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
-                          args.baseline, args.prompt_tokens)
+                          args.baseline, args.prompt_tokens, args.litcore_read_mode)
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
             rows.append(row)

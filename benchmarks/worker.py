@@ -30,9 +30,9 @@ def load(system: str, args):
 
         # The LitModule itself, as users call it: it learns the execution order on the first
         # forward and keeps the per-forward figures (its bare .module runs on the first plan).
-        if args.verify:  # an older litcore (a baseline) may not know the option: pass it only when asked
-            return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto", verify=args.verify)
-        return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto")
+        # An older litcore (a baseline) may not know every option: pass them only when asked.
+        options = {k: v for k, v in (("verify", args.verify), ("read_mode", args.read_mode)) if v}
+        return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto", **options)
     from transformers import AutoConfig, LlamaForCausalLM
 
     if system == "in-memory":
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--accelerate-cpu", default="600MiB")
     parser.add_argument("--budget")
     parser.add_argument("--verify", help="litcore's verify option (default: litcore's default)")
+    parser.add_argument("--read-mode", help="litcore's read_mode option (default: litcore's default)")
     parser.add_argument("--steady", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens per timed forward (the prefill)")
     parser.add_argument("--new-tokens", type=int, default=16)

@@ -47,5 +47,5 @@ def test_read_path_benchmark_runs(tmp):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "GB/s" not in line]
     assert [(c[0].strip(), c[1].strip()) for c in rows] == [
-        (mode, layout) for layout in ("contiguous", "gaps") for mode in ("sendfile", "pread", "populate")]
+        (mode, layout) for layout in ("contiguous", "gaps") for mode in ("sendfile", "pread", "populate", "exact")]
     assert all(float(c[3]) > 0 for c in rows), r.stdout

@@ -44,6 +44,7 @@ struct Mapping::Impl {
   std::atomic<bool> populate_supported{true};
   std::atomic<bool> sendfile_supported{true};
   int null_fd = -1;  // /dev/null, the sink of fill_cache's sendfile
+  int exact_fd = -1;  // the file again, readahead off: fill_cache_exact
   std::unique_ptr<FaultGuard> guard;  // survives the file shrinking under the mapping
 
   [[noreturn]] void read_failed(uint64_t offset, uint64_t end, int err) const {
@@ -96,12 +97,15 @@ Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
   impl_->addr = static_cast<uint8_t*>(p);
   impl_->guard = std::make_unique<FaultGuard>(p, impl_->size, path);
   impl_->null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  impl_->exact_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (impl_->exact_fd >= 0) posix_fadvise(impl_->exact_fd, 0, 0, POSIX_FADV_RANDOM);
   if (impl_->null_fd < 0) impl_->sendfile_supported = false;
 }
 
 Mapping::~Mapping() {
   impl_->guard.reset();  // before the range can be mapped by someone else
   if (impl_->null_fd >= 0) ::close(impl_->null_fd);
+  if (impl_->exact_fd >= 0) ::close(impl_->exact_fd);
   if (impl_->addr) munmap(impl_->addr, impl_->size);
   if (impl_->fd >= 0) ::close(impl_->fd);
 }
@@ -159,6 +163,22 @@ void Mapping::fill_cache(uint64_t offset, uint64_t length, bool copy) const {
   static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kChunk]);
   while (offset < end) {
     ssize_t n = ::pread(impl_->fd, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
+                        static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) impl_->read_failed(offset, end, n < 0 ? errno : 0);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
+void Mapping::fill_cache_exact(uint64_t offset, uint64_t length) const {
+  if (offset >= impl_->size || length == 0) return;
+  if (impl_->exact_fd < 0) return fill_cache(offset, length, true);
+  length = std::min(length, impl_->size - offset);
+  uint64_t end = offset + length;
+  constexpr uint64_t kChunk = 8ull << 20;
+  static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kChunk]);
+  while (offset < end) {
+    ssize_t n = ::pread(impl_->exact_fd, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
                         static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) impl_->read_failed(offset, end, n < 0 ? errno : 0);

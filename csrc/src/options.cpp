@@ -18,7 +18,8 @@ ReadMode parse_read_mode(const std::string& mode) {
   if (mode == "sendfile") return ReadMode::Sendfile;
   if (mode == "pread") return ReadMode::Pread;
   if (mode == "populate") return ReadMode::Populate;
-  throw std::invalid_argument("litcore: read_mode must be 'sendfile', 'pread' or 'populate', not '" + mode + "'");
+  if (mode == "exact") return ReadMode::Exact;
+  throw std::invalid_argument("litcore: read_mode must be 'sendfile', 'pread', 'populate' or 'exact', not '" + mode + "'");
 }
 
 uint64_t parse_budget(const std::string& text, const std::string& argument) {

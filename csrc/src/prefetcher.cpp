@@ -107,7 +107,9 @@ void Prefetcher::load(int unit) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
     // MADV_WILLNEED: it splits the reads into small requests (0.6 GB/s against 1.8).
-    if (options_.read_mode != ReadMode::Populate) {
+    if (options_.read_mode == ReadMode::Exact) {
+      mapping_->fill_cache_exact(r.offset, r.length);
+    } else if (options_.read_mode != ReadMode::Populate) {
       mapping_->fill_cache(r.offset, r.length, options_.read_mode == ReadMode::Pread);
     }
     mapping_->populate(r.offset, r.length);

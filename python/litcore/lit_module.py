@@ -109,7 +109,9 @@ class LitModule:
         `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
         the GPU, and the rest streams through pinned buffers on a copy stream.
         `read_mode` says how streamed weights are read: "sendfile" (default; the file's
-        readahead with no copy), "pread" (the same with a copy) or "populate" (page faults).
+        readahead with no copy), "pread" (the same with a copy), "populate" (page faults) or
+        "exact" (readahead off: exactly each module's bytes; slower on a file in the model's
+        order, faster and within the budget on one in another order).
         `threads`: prefetch reader threads (1-64). `verify`: checksums, "none" (default),
         "lazy" (each tensor the first time it is read; the rest after the first forward,
         before its result is returned) or "full" (all, before returning); a mismatch raises

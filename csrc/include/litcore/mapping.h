@@ -38,6 +38,9 @@ class Mapping {
   // kernel refuses that) preads into a scratch buffer do. Throws IOError naming the file
   // when a read fails or the file ends before the range does (truncated while in use).
   void fill_cache(uint64_t offset, uint64_t length, bool copy = false) const;
+  // Reads exactly the range into the page cache with large preads through a second file
+  // descriptor that has readahead off (POSIX_FADV_RANDOM): nothing past the range is read.
+  void fill_cache_exact(uint64_t offset, uint64_t length) const;
   // Faults the range in now (MADV_POPULATE_READ, or touching each page), so that later
   // accesses from the compute thread cost no page faults. Throws IOError as fill_cache.
   void populate(uint64_t offset, uint64_t length) const;

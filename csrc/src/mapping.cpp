@@ -47,6 +47,19 @@ struct Mapping::Impl {
   int exact_fd = -1;  // the file again, readahead off: fill_cache_exact
   std::unique_ptr<FaultGuard> guard;  // survives the file shrinking under the mapping
 
+  // Reads [offset, end) of `from` into the page cache with 8 MiB preads into a scratch buffer.
+  void pread_range(int from, uint64_t offset, uint64_t end) const {
+    constexpr uint64_t kChunk = 8ull << 20;
+    static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kChunk]);
+    while (offset < end) {
+      ssize_t n = ::pread(from, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
+                          static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) read_failed(offset, end, n < 0 ? errno : 0);
+      offset += static_cast<uint64_t>(n);
+    }
+  }
+
   [[noreturn]] void read_failed(uint64_t offset, uint64_t end, int err) const {
     if (err == 0) {
       throw IOError("litcore: '" + path + "' ended before byte " + std::to_string(end) + " while reading from byte " +
@@ -159,31 +172,14 @@ void Mapping::fill_cache(uint64_t offset, uint64_t length, bool copy) const {
     }
     if (impl_->sendfile_supported) return;
   }
-  constexpr uint64_t kChunk = 8ull << 20;
-  static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kChunk]);
-  while (offset < end) {
-    ssize_t n = ::pread(impl_->fd, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
-                        static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) impl_->read_failed(offset, end, n < 0 ? errno : 0);
-    offset += static_cast<uint64_t>(n);
-  }
+  impl_->pread_range(impl_->fd, offset, end);
 }
 
 void Mapping::fill_cache_exact(uint64_t offset, uint64_t length) const {
   if (offset >= impl_->size || length == 0) return;
   if (impl_->exact_fd < 0) return fill_cache(offset, length, true);
   length = std::min(length, impl_->size - offset);
-  uint64_t end = offset + length;
-  constexpr uint64_t kChunk = 8ull << 20;
-  static thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kChunk]);
-  while (offset < end) {
-    ssize_t n = ::pread(impl_->exact_fd, scratch.get(), static_cast<size_t>(std::min(kChunk, end - offset)),
-                        static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) impl_->read_failed(offset, end, n < 0 ? errno : 0);
-    offset += static_cast<uint64_t>(n);
-  }
+  impl_->pread_range(impl_->exact_fd, offset, offset + length);
 }
 
 void Mapping::populate(uint64_t offset, uint64_t length) const {

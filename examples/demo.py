@@ -101,7 +101,10 @@ def main() -> None:
     print(f"  peak RSS:                             {peak_rss() / 2**20:.0f} MiB "
           "(mapped weight pages included; streamed pages are dropped after use)")
     print(f"  generated ids:                        {out[0, prompt.shape[1]:].tolist()}")
-    print(f"  text (seeded random weights: gibberish): {tokenizer.decode(out[0], skip_special_tokens=True)!r}")
+    new = out[0, prompt.shape[1]:].tolist()
+    beyond = sum(1 for i in new if i >= len(tokenizer))  # the demo tokenizer knows few of the model's ids
+    print(f"  text (seeded random weights: gibberish): {tokenizer.decode(out[0], skip_special_tokens=True)!r}"
+          + (f" ({beyond} of {len(new)} new ids are past the demo tokenizer's {len(tokenizer)} tokens)" if beyond else ""))
 
 
 if __name__ == "__main__":

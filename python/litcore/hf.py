@@ -81,17 +81,33 @@ def _signature(src: str) -> str:
     return json.dumps(entries)
 
 
+def _stamp_path(cached: str) -> str:
+    return cached + ".stamp"
+
+
+def _stamp(cached: str) -> str:
+    """The cached file as written: its size and modification time."""
+    st = os.stat(cached)
+    return json.dumps([st.st_size, st.st_mtime_ns])
+
+
 def _reusable(cached: str, src: str, verify: str) -> bool:
-    """True when `cached` was converted from `src` as it is now and (unless verify is
-    "none") every tensor passes its checksum. A corrupt cache is removed, with a warning."""
+    """True when `cached` was converted from `src` as it is now and is intact. A cache that
+    changed since litcore wrote it (its stamp differs), or any cache when `verify="full"`, is
+    checksummed first (unless verify is "none"); a corrupt one is removed with a warning."""
     if not os.path.exists(cached):
         return False
+    stamp = _stamp_path(cached)
+    written = None
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            written = f.read()
+    check = verify == "full" or (verify != "none" and written != _stamp(cached))
     try:
         with Store(cached) as store:
             if store.metadata.get(SOURCE_KEY) != _signature(src):
                 return False
-            bad = store.verify() if verify != "none" else []
-            store.release(store.keys())  # checking read it: leave the page cache as it was
+            bad = store.verify() if check else []
     except (ValueError, OSError) as exc:
         bad = [str(exc)]
     if bad:
@@ -99,6 +115,9 @@ def _reusable(cached: str, src: str, verify: str) -> bool:
                       f"converting '{src}' again", stacklevel=3)
         os.unlink(cached)
         return False
+    if check:
+        with open(stamp, "w") as f:  # checked as it is now
+            f.write(_stamp(cached))
     return True
 
 
@@ -110,6 +129,8 @@ def _converted(src: str, cache_dir: Optional[str], dtype: Optional[DTypeLike], v
     if not _reusable(cached, src, verify):
         convert(src, cached, dtype=dtype, progress=progress, order=order,
                 metadata={CONVERT_DTYPE_KEY: dtype_name or "as-is", SOURCE_KEY: _signature(src)})
+        with open(_stamp_path(cached), "w") as f:
+            f.write(_stamp(cached))
     return cached
 
 
@@ -133,8 +154,9 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
 
     A directory is converted once, in the model's own parameter order, into `cache_dir`
     (default: `default_cache_dir()`, ~/.cache/litcore) and reused while it matches its
-    source (weight files' names, sizes and mtimes) and its checksums (checked on reuse
-    unless `verify="none"` is passed); a corrupt cache is converted again with a warning.
+    source (weight files' names, sizes and mtimes). A cache that changed since it was
+    written is checksummed before reuse (always with `verify="full"`; never with
+    `verify="none"`), and a corrupt one is converted again with a warning.
     `verify` is otherwise LitModule.from_params's (default "none"). `dtype` converts
     floating-point weights (a .lit file of another dtype is converted into the cache too).
     `model_class` and `config` override what config.json names. The other options are

@@ -98,7 +98,6 @@ def pinned_h2d_bandwidth() -> float:
 
 def prepare(size: str, layers: Optional[int], cache: str, want_pytorch_lit: bool) -> Dict[str, str]:
     """The fp16 model directory (weights drawn on the GPU), its litcore file and PyTorch-LIT's export."""
-    import litcore
     from litcore import synthetic
 
     config = synthetic.llama_config(size, **({"num_hidden_layers": layers} if layers else {}))

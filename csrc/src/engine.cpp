@@ -135,16 +135,12 @@ std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& un
 
 void Engine::verify_unread(const std::vector<int>& streamed) {
   std::set<int> read_ahead;  // streamed units: the prefetch reader checks them as it reads them
-  std::vector<int> lookups_streamed;
-  for (int i : streamed) {
-    if (units_[i].on_demand) lookups_streamed.push_back(i);
-    else read_ahead.insert(i);
-  }
+  std::set<int> lookups;     // streamed lookup units: no reader reads them whole
+  for (int i : streamed) (units_[i].on_demand ? lookups : read_ahead).insert(i);
   if (warmup_) {
     warmup_->stop();
     if (auto error = warmup_->error()) std::rethrow_exception(error);
   }
-  std::set<int> lookups(lookups_streamed.begin(), lookups_streamed.end());
   for (size_t i = 0; i < units_.size(); ++i) {
     if (read_ahead.count(static_cast<int>(i))) continue;
     // A lookup unit that streams is read whole to check it: dropped again as it is hashed,

@@ -10,7 +10,7 @@ import torch
 
 __all__ = ["LLAMA_SIZES", "llama_config", "bert_config", "make_model_dir", "make_tokenizer"]
 
-# name -> LlamaConfig arguments. "1b" is the 1.1B shape of shared/anchors.md; "7b" is Llama-2-7B's.
+# name -> LlamaConfig arguments. "1b" is a 1.1B Llama shape (TinyLlama's); "7b" is Llama-2-7B's.
 LLAMA_SIZES: Dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=512),

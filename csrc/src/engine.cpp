@@ -300,6 +300,7 @@ void Engine::switch_plan_locked(const Plan& plan) {
   plan_ = plan;
   if (plan.resident == old.resident && plan.streamed_order == old.streamed_order) return;  // newer figures only
   settling_ = true;
+  prefetcher_->set_window(plan.window_bytes);
   prefetcher_->set_order(plan.streamed_order);
   // Newly streamed weights leave memory now; newly resident ones come in as they are used.
   std::set<int> before(old.streamed_order.begin(), old.streamed_order.end());

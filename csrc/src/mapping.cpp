@@ -2,6 +2,7 @@
 #include "litcore/mapping.h"
 
 #include <fcntl.h>
+#include <sys/sysmacros.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
@@ -12,6 +13,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "litcore/errors.h"
 #include "litcore/fault_guard.h"
@@ -24,6 +27,19 @@ namespace litcore {
 namespace {
 
 constexpr uint64_t kLargestFolio = 2ull << 20;  // PMD size on x86-64 and arm64 (4 KiB pages)
+
+// The readahead window of the block device holding a file (its read_ahead_kb; a partition
+// reads its disk's). 8 MiB, a large setting, where sysfs does not say (a network or
+// stacked file system).
+uint64_t readahead_window_of(dev_t device) {
+  std::string id = std::to_string(major(device)) + ":" + std::to_string(minor(device));
+  for (const char* suffix : {"/bdi/read_ahead_kb", "/../bdi/read_ahead_kb"}) {
+    std::ifstream f("/sys/dev/block/" + id + suffix);
+    uint64_t kb = 0;
+    if (f >> kb && kb > 0) return kb << 10;
+  }
+  return 8ull << 20;
+}
 
 uint64_t page_size() {
   static const uint64_t size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
@@ -45,6 +61,7 @@ struct Mapping::Impl {
   std::atomic<bool> sendfile_supported{true};
   int null_fd = -1;  // /dev/null, the sink of fill_cache's sendfile
   int exact_fd = -1;  // the file again, readahead off: fill_cache_exact
+  uint64_t readahead_window = 8ull << 20;
   std::unique_ptr<FaultGuard> guard;  // survives the file shrinking under the mapping
 
   // Reads [offset, end) of `from` into the page cache with 8 MiB preads into a scratch buffer.
@@ -97,6 +114,7 @@ Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
     throw IOError("litcore: '" + path + "' is not a regular file");
   }
   impl_->size = static_cast<uint64_t>(st.st_size);
+  impl_->readahead_window = readahead_window_of(st.st_dev);
   if (impl_->size == 0) return;  // nothing to map; the parser reports the truncation
   // PROT_WRITE + MAP_PRIVATE: a write into a tensor copies the page instead of faulting
   // or reaching the file. MAP_NORESERVE: the mapping is not charged as if every page
@@ -215,5 +233,14 @@ void Mapping::release(uint64_t offset, uint64_t length) const {
   int rc = posix_fadvise(impl_->fd, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
   if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
 }
+
+void Mapping::drop_cache(uint64_t offset, uint64_t length) const {
+  if (offset >= impl_->size || length == 0) return;
+  length = std::min(length, impl_->size - offset);
+  int rc = posix_fadvise(impl_->fd, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
+  if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
+}
+
+uint64_t Mapping::readahead_reach() const { return 2 * impl_->readahead_window + kLargestFolio; }
 
 }  // namespace litcore

@@ -1,5 +1,7 @@
 #include "litcore/prefetcher.h"
 
+#include "litcore/read_groups.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -93,6 +95,7 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   }
   streamed_ = streamed;
   order_ = order;
+  group_end_ = read_groups(order_, units_, options_.on_demand, options_.window_bytes / 2);
   taken_.assign(order_.size(), false);
   expected_ = cursor_ = ahead_ = 0;
   for (size_t g = 0; g < units_.size(); ++g) {
@@ -101,9 +104,20 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   work_cv_.notify_all();
 }
 
-void Prefetcher::load(int unit) {
-  if (options_.on_demand[unit]) return;  // its pages come in by fault, only those touched
-  for (const auto& r : units_[unit]) {
+void Prefetcher::set_window(uint64_t window_bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  options_.window_bytes = window_bytes;
+}
+
+void Prefetcher::read(const std::vector<int>& units) {
+  // On-demand units' pages come in by fault, only those touched.
+  std::vector<ByteRange> ranges;
+  for (int unit : units) {
+    if (!options_.on_demand[unit]) ranges.insert(ranges.end(), units_[unit].begin(), units_[unit].end());
+  }
+  // In file order: a group's units, and a unit's own tensors, may be stored in any order.
+  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  for (const auto& r : ranges) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
     // MADV_WILLNEED: it splits the reads into small requests (0.6 GB/s against 1.8).
@@ -112,41 +126,76 @@ void Prefetcher::load(int unit) {
     } else if (options_.read_mode != ReadMode::Populate) {
       mapping_->fill_cache(r.offset, r.length, options_.read_mode == ReadMode::Pread);
     }
-    mapping_->populate(r.offset, r.length);
   }
+  for (const auto& r : ranges) mapping_->populate(r.offset, r.length);
 }
 
-void Prefetcher::load_unlocked(int unit, std::unique_lock<std::mutex>& lock) {
-  state_[unit] = State::Loading;
-  in_flight_ += cost_[unit];
-  stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
-  uint64_t first = UINT64_MAX, end = 0;
-  for (const auto& r : units_[unit]) {
-    first = std::min(first, r.offset);
-    end = std::max(end, r.offset + r.length);
+std::vector<int> Prefetcher::group_at_locked(size_t pos, size_t limit, size_t* covered) const {
+  size_t end = std::min(group_end_[pos], pos + std::max<size_t>(limit, 1));
+  std::vector<int> units;
+  for (size_t p = pos; p < end; ++p) {
+    int unit = order_[p];
+    if (!taken_[p] && state_[unit] == State::Idle) units.push_back(unit);
   }
+  *covered = end - pos;
+  return units;
+}
+
+void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<std::mutex>& lock) {
+  uint64_t first = UINT64_MAX, end = 0, cost = 0;
+  for (int unit : units) {
+    state_[unit] = State::Loading;
+    in_flight_ += cost_[unit];
+    cost += cost_[unit];
+    if (cost_[unit] == 0) continue;
+    for (const auto& r : units_[unit]) {
+      first = std::min(first, r.offset);
+      end = std::max(end, r.offset + r.length);
+    }
+  }
+  stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
   bool continues = first >= last_read_end_ && first - last_read_end_ <= kReadContinuesWithin;
-  if (cost_[unit] > 0) last_read_end_ = end;
+  ByteRange spill;
+  if (cost > 0) {
+    // The previous read's spill is wasted unless this one reads on into it.
+    if (!continues) spill = spill_;
+    last_read_end_ = end;
+    spill_ = options_.read_mode != ReadMode::Exact ? ByteRange{end, mapping_->readahead_reach()} : ByteRange{};
+  }
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
   auto start = Clock::now();
   std::exception_ptr error;
+  std::vector<std::exception_ptr> errors(units.size());
   try {
-    load(unit);
-    if (options_.after_read && cost_[unit] > 0) options_.after_read(unit);
+    read(units);
+    // After this read: the readahead behind the previous one has finished by now (pages
+    // still being read cannot be dropped). Pages a unit maps (resident, or read ahead and
+    // mapped) are never dropped by this.
+    if (spill.length > 0) mapping_->drop_cache(spill.offset, spill.length);
   } catch (...) {
     error = std::current_exception();  // a reader thread must not die: wait() throws it
   }
+  for (size_t i = 0; i < units.size() && !error; ++i) {
+    try {
+      if (options_.after_read && cost_[units[i]] > 0) options_.after_read(units[i]);
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   lock.lock();
-  error_[unit] = error;
-  state_[unit] = State::Ready;
-  if (cost_[unit] > 0) {
-    unbilled_[unit] = true;
-    stats_.timed_bytes += cost_[unit];
+  for (size_t i = 0; i < units.size(); ++i) {
+    int unit = units[i];
+    error_[unit] = error ? error : errors[i];
+    state_[unit] = State::Ready;
+    if (cost_[unit] > 0) unbilled_[unit] = true;
+  }
+  if (cost > 0) {
+    stats_.timed_bytes += cost;
     stats_.read_seconds += seconds;
     if (!continues) {
       ++stats_.seek_reads;
-      stats_.seek_read_bytes += cost_[unit];
+      stats_.seek_read_bytes += cost;
       stats_.seek_read_seconds += seconds;
     }
   }
@@ -170,21 +219,28 @@ void Prefetcher::release_locked(int unit) {
 void Prefetcher::worker_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
+    std::vector<int> group;
+    size_t covered = 0;
     work_cv_.wait(lock, [&] {
       if (stop_) return true;
       if (order_.empty() || ahead_ >= order_.size()) return false;
       int g = order_[cursor_];
-      return taken_[cursor_] || state_[g] != State::Idle || in_flight_ == 0 ||
-             in_flight_ + cost_[g] <= options_.window_bytes;
+      // Consumed out of order already, or loaded for an earlier position: move past it.
+      if (taken_[cursor_] || state_[g] != State::Idle) {
+        group.clear();
+        covered = 1;
+        return true;
+      }
+      // Never past the position being consumed.
+      group = group_at_locked(cursor_, order_.size() - ahead_, &covered);
+      uint64_t cost = 0;
+      for (int unit : group) cost += cost_[unit];
+      return in_flight_ == 0 || in_flight_ + cost <= options_.window_bytes;
     });
     if (stop_) return;
-    size_t pos = cursor_;
-    int g = order_[pos];
-    cursor_ = (cursor_ + 1) % order_.size();
-    ++ahead_;
-    // Consumed out of order already, or loaded for an earlier position.
-    if (taken_[pos] || state_[g] != State::Idle) continue;
-    load_unlocked(g, lock);
+    cursor_ = (cursor_ + covered) % order_.size();
+    ahead_ += covered;
+    if (!group.empty()) load_unlocked(group, lock);
   }
 }
 
@@ -244,7 +300,7 @@ void Prefetcher::wait(int unit) {
   ++in_use_[unit];
   while (!stop_ && state_[unit] != State::Ready) {
     if (state_[unit] == State::Idle) {
-      load_unlocked(unit, lock);
+      load_unlocked({unit}, lock);
     } else {
       ready_cv_.wait(lock);
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Collection, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -76,8 +76,10 @@ def _describe(names: List[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
+def bind(model: nn.Module, store: Store, *, strict: bool = True, outside: Collection[str] = ()) -> Binding:
     """Points every parameter and persistent buffer of `model` at `store`'s tensors.
+    `outside`: tensors of the file that belong to another part of the model (another
+    stage's), not reported as unexpected.
 
     Floating-point dtypes follow the file (a bf16 file makes a bf16 model, whatever dtype
     the builder used); a float/int/bool kind mismatch or a shape mismatch is an error.
@@ -122,7 +124,7 @@ def bind(model: nn.Module, store: Store, *, strict: bool = True) -> Binding:
             continue
         bound.append((names, key, current.requires_grad))
 
-    unexpected = sorted(k for k in file_keys - used_keys if k not in non_persistent)
+    unexpected = sorted(k for k in file_keys - used_keys - set(outside) if k not in non_persistent)
     problems = []
     if missing:
         problems.append(f"missing from the file: {_describe(sorted(missing))}")

@@ -50,6 +50,13 @@ class Mapping {
   // Drops the range from this process and from the page cache (MADV_DONTNEED +
   // POSIX_FADV_DONTNEED). The memory stays valid: a later access reads the file again.
   void release(uint64_t offset, uint64_t length) const;
+  // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,
+  // in use or read ahead into a unit, stay. For what the kernel's readahead read past a read.
+  void drop_cache(uint64_t offset, uint64_t length) const;
+  // How far the kernel's readahead of this file can run past a read: twice the device's
+  // readahead window (read_ahead_kb of its block device, 8 MiB where that is unknown), plus
+  // a large folio.
+  uint64_t readahead_reach() const;
 
  private:
   void advise(uint64_t offset, uint64_t length, int advice, const char* what) const;

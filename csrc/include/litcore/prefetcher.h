@@ -1,6 +1,7 @@
 // The prefetch reader: brings units (one module's weights: a few byte ranges) into memory
 // on native threads, ahead of use, in a recorded cyclic order, within a byte window; and
-// drops them from memory and page cache right after use.
+// drops them from memory and page cache right after use. Units stored in the file in
+// another order than they run are read together, in file order (read_groups.h).
 #pragma once
 
 #include <condition_variable>
@@ -75,7 +76,10 @@ class Prefetcher {
 
   // The cyclic order in which streamed units are expected (repeats allowed). Units that
   // never appear are resident: wait()/done() ignore them. Releases what the old order had.
+  // Cuts the order into read groups of at most half the window.
   void set_order(const std::vector<int>& order);
+  // A new window (a new plan); takes effect with the next set_order().
+  void set_window(uint64_t window_bytes);
   // Blocks until `unit` is in memory. A unit other than the predicted one is read at
   // once (a wrong guess costs time, never correctness: the mapping is always valid); if it
   // is a few positions ahead the predictions in between stay, otherwise they are dropped.
@@ -95,9 +99,13 @@ class Prefetcher {
   enum class State { Idle, Loading, Ready, Releasing };
 
   void worker_loop();
-  void load(int unit);
-  // Marks `unit` Loading, reads it with `lock` released, marks it Ready.
-  void load_unlocked(int unit, std::unique_lock<std::mutex>& lock);
+  // Reads `units` (one read group) in file order and maps them.
+  void read(const std::vector<int>& units);
+  // Marks `units` Loading, reads them with `lock` released, marks them Ready.
+  void load_unlocked(const std::vector<int>& units, std::unique_lock<std::mutex>& lock);
+  // The units of the group at order position `pos` still to read (not consumed, Idle), at
+  // most `limit` positions, and the positions covered.
+  std::vector<int> group_at_locked(size_t pos, size_t limit, size_t* covered) const;
   void release_locked(int unit);
   // Counts a read unit's bytes in bytes_read, once per read.
   void bill_locked(int unit);
@@ -121,12 +129,16 @@ class Prefetcher {
   std::vector<bool> unbilled_;  // read, and not yet counted in stats_.bytes_read
   std::vector<std::exception_ptr> error_;  // a failed read, for the next wait() to throw
   std::vector<int> order_;
+  std::vector<size_t> group_end_;  // per position of order_: one past its read group's end
   std::vector<bool> taken_;  // positions of order_ consumed out of order, ahead of expected_
   size_t expected_ = 0;  // position in order_ of the next wait()
   size_t cursor_ = 0;    // next position the workers will consider
   size_t ahead_ = 0;     // positions between expected_ and cursor_
   uint64_t in_flight_ = 0;
   uint64_t last_read_end_ = 0;  // file offset where the latest read ended
+  // What the kernel's readahead may have read past the latest read: dropped before the next
+  // read unless that read continues into it (a shuffled file's next layer is far away).
+  ByteRange spill_;
   bool stop_ = false;
   PrefetchStats stats_;
   std::vector<std::thread> threads_;

@@ -1,0 +1,34 @@
+// Read groups: how the prefetch reader cuts the execution order into reads, so that what it
+// reads is long and sequential whatever order the file stores the tensors in.
+//
+// A file laid out by litcore stores each module's weights where the model runs them, and
+// the reader reads unit after unit straight along the file. A file in another order (a
+// converted safetensors file is in name order: a layer's `mlp.down_proj` before its
+// `self_attn.q_proj`, `layers.10` before `layers.2`) stores a layer's units in one block but
+// shuffled inside it; read unit by unit in execution order, the reader seeks back and forth
+// inside every layer and the kernel's readahead spills past each unit into what runs much
+// later. A read group is a run of consecutive units in the order whose bytes together form
+// one block of the file, stored in another order than they run: the reader reads the block
+// once, in file order, and the units are ready together.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "litcore/prefetcher.h"
+
+namespace litcore {
+
+// The most units one group takes: a transformer layer has 4-12 leaf modules.
+constexpr size_t kMaxGroupUnits = 32;
+
+// For each position of `order` (unit indices into `ranges`), the position one past the end of
+// its group. A group is never larger than `max_bytes` (one unit always makes a group), never
+// holds an `on_demand` unit (read by lookup, never read ahead) nor a unit twice, and is only
+// formed where its units are not in file order already (reading those one by one is already
+// sequential, and each is ready sooner).
+std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
+                                const std::vector<bool>& on_demand, uint64_t max_bytes);
+
+}  // namespace litcore

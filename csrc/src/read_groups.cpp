@@ -1,0 +1,69 @@
+#include "litcore/read_groups.h"
+
+#include <algorithm>
+#include <set>
+
+namespace litcore {
+namespace {
+
+uint64_t bytes_of(const std::vector<ByteRange>& ranges) {
+  uint64_t n = 0;
+  for (const auto& r : ranges) n += r.length;
+  return n;
+}
+
+// [first byte, end) of a unit's ranges.
+ByteRange extent_of(const std::vector<ByteRange>& ranges) {
+  uint64_t first = UINT64_MAX, end = 0;
+  for (const auto& r : ranges) {
+    first = std::min(first, r.offset);
+    end = std::max(end, r.offset + r.length);
+  }
+  return first < end ? ByteRange{first, end - first} : ByteRange{};
+}
+
+// The ranges, sorted, leave no gap wider than a read continues across.
+bool one_block(std::vector<ByteRange> ranges) {
+  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  uint64_t end = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    if (i > 0 && ranges[i].offset > end + kReadContinuesWithin) return false;
+    end = std::max(end, ranges[i].offset + ranges[i].length);
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
+                                const std::vector<bool>& on_demand, uint64_t max_bytes) {
+  const size_t n = order.size();
+  std::vector<size_t> ends(n);
+  size_t start = 0;
+  while (start < n) {
+    size_t best = start + 1;
+    int first = order[start];
+    if (!on_demand[first]) {
+      std::vector<ByteRange> block = ranges[first];
+      std::set<int> members = {first};
+      uint64_t bytes = bytes_of(ranges[first]);
+      bool shuffled = false;  // some unit starts before the one that ran before it ends
+      for (size_t e = start + 1; e < n && e - start < kMaxGroupUnits; ++e) {
+        int unit = order[e];
+        if (on_demand[unit] || members.count(unit)) break;
+        bytes += bytes_of(ranges[unit]);
+        if (bytes > max_bytes) break;
+        ByteRange here = extent_of(ranges[unit]), before = extent_of(ranges[order[e - 1]]);
+        if (here.offset < before.offset + before.length) shuffled = true;
+        members.insert(unit);
+        block.insert(block.end(), ranges[unit].begin(), ranges[unit].end());
+        if (shuffled && one_block(block)) best = e + 1;
+      }
+    }
+    for (size_t p = start; p < best; ++p) ends[p] = best;
+    start = best;
+  }
+  return ends;
+}
+
+}  // namespace litcore

@@ -9,9 +9,11 @@ from typing import List
 
 import litcore
 import litcore.budget
+import litcore.distributed
 import litcore.hf
 import litcore.jit
 import litcore.residency
+import litcore.stages
 import pytorch_lit
 
 # (heading, [(name users call it by, object)]): every public function and class, in reading order.
@@ -40,6 +42,17 @@ SECTIONS = [
         ("litcore.TensorInfo", litcore.TensorInfo),
     ]),
     ("TorchScript", [("litcore.jit.save", litcore.jit.save), ("litcore.jit.load", litcore.jit.load)]),
+    ("Distributed stages (docs/distributed.md)", [
+        ("litcore.distributed.from_params", litcore.distributed.from_params),
+        ("litcore.distributed.LitStage", litcore.distributed.LitStage),
+        ("litcore.distributed.LitStage.generate", litcore.distributed.LitStage.generate),
+        ("litcore.distributed.LitStage.stats", litcore.distributed.LitStage.stats),
+        ("litcore.distributed.LitStage.close", litcore.distributed.LitStage.close),
+        ("litcore.distributed.StageError", litcore.distributed.StageError),
+        ("litcore.stages.plan_stages", litcore.stages.plan_stages),
+        ("litcore.stages.split_model", litcore.stages.split_model),
+        ("litcore.hf.plan_pretrained_stages", litcore.hf.plan_pretrained_stages),
+    ]),
     ("Building models without memory", [("litcore.empty_init", litcore.empty_init)]),
     ("Budgets and plans", [
         ("litcore.budget.parse_size", litcore.budget.parse_size),

@@ -61,6 +61,18 @@ def test_plan_is_a_dry_run_in_module_names(llama_dir, tmp):
     assert plan.placements() == lit.plan.placements()
 
 
+def test_plan_stages_dry_run(llama_dir):
+    r = _run("plan", llama_dir, "--stages", "2", "--memory-budget", "150KB")
+    assert r.returncode == 0, r.stderr
+    assert "stage 0: layers 0-" in r.stdout and "model.embed_tokens" in r.stdout
+    assert "stage 1: layers" in r.stdout and "lm_head" in r.stdout and "streamed per forward" in r.stdout
+    r = _run("plan", llama_dir, "--stages", "2", "--split", "0,1")
+    assert r.returncode == 0 and "stage 1: layers 1-" in r.stdout, r.stderr
+    for bad in (["--stages", "0"], ["--stages", "2", "--split", "1,2"], ["--split", "0,1"]):
+        r = _run("plan", llama_dir, *bad)
+        assert r.returncode != 0 and "litcore plan: error:" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
 def test_file_commands_edges(tmp):
     weights = {f"layers.{i}.weight": torch.randn(64, 64) for i in range(12)}
     litcore.save(weights, tmp / "m.lit")

@@ -92,3 +92,14 @@ def test_the_budget_is_the_footprint(files, order, read_mode):
     margin = max(64 << 20, BUDGET * 3 // 100)
     grown = result["peak"] - result["before"]
     assert grown <= BUDGET + margin, (order, read_mode, grown / 2**20, result)
+
+
+@pytest.mark.parametrize("order, read_mode", [("model-order", "sendfile"), ("name-order", "exact")])
+def test_a_hard_limit_just_above_the_budget_is_not_hit(files, order, read_mode):
+    """The same run under a cgroup limit of what the unlimited run started from plus the
+    budget and the margin: the kernel never has to reclaim to stay under it."""
+    free, _ = _run(files / f"{order}.lit", read_mode)
+    limit = free["before"] + BUDGET + max(64 << 20, BUDGET * 3 // 100)
+    limited, out = _run(files / f"{order}.lit", read_mode, limit)
+    assert limited["peak"] <= limit
+    assert limited["failcnt"] <= 16, (order, read_mode, limited)

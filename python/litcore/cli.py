@@ -85,12 +85,29 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from litcore.hf import plan_pretrained
+    from litcore.hf import plan_pretrained, plan_pretrained_stages
 
+    if args.stages is not None:
+        split = [int(s) if s.isdigit() else s for s in args.split.split(",")] if args.split else None
+        print(plan_pretrained_stages(args.model, args.stages, split=split, memory_budget=args.memory_budget))
+        print("(per stage; the first forward learns the execution order and may refine each plan)")
+        return 0
+    if args.split:
+        raise ValueError("--split needs --stages")
     plan = plan_pretrained(args.model, memory_budget=args.memory_budget, dtype=args.dtype)
     print(plan)
     print("(the first forward learns the execution order and may refine this plan)")
     return 0
+
+
+def _stage_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"invalid stage count '{text}': a positive integer")
+    return n
 
 
 def _tokenizer_dir(model: str, given: Optional[str]) -> str:
@@ -151,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a transformers model directory, or a .lit file converted from one")
     p.add_argument("--memory-budget", default="auto", type=budget_argument, help="memory for weights: 'auto' (default), bytes, or e.g. 1.5GiB")
     p.add_argument("--dtype", help=f"plan for converted weights: {DTYPE_HELP}")
+    p.add_argument("--stages", type=_stage_count, help="plan a distributed run: this many stages, each under "
+                   "--memory-budget (docs/distributed.md)")
+    p.add_argument("--split", help="with --stages: the first layer of each stage, e.g. 0,11 (default: balanced by bytes)")
     p.set_defaults(run=_cmd_plan)
     p = sub.add_parser("convert", help="convert safetensors / a HF model dir / a .bin state dict / a .lit file to a .lit file")
     p.add_argument("src")

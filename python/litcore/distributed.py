@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+import time
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -90,6 +91,7 @@ class _Link:
         self.rank, self.world_size = rank, world_size
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.wait_seconds = 0.0  # blocked receiving from the previous stage or on the output
 
     def _fail(self, what: str, peer: int, error: Exception) -> StageError:
         return StageError(f"litcore: stage {self.rank} of {self.world_size}: {what} stage {peer} failed "
@@ -97,10 +99,12 @@ class _Link:
 
     def receive(self, like: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(like, memory_format=torch.contiguous_format)
+        started = time.perf_counter()
         try:
             dist.recv(out.view(torch.uint8), src=self.rank - 1)
         except RuntimeError as e:
             raise self._fail("receiving the hidden state from", self.rank - 1, e) from e
+        self.wait_seconds += time.perf_counter() - started
         self.bytes_received += out.numel() * out.element_size()
         return out
 
@@ -114,10 +118,13 @@ class _Link:
 
     def broadcast(self, t: torch.Tensor) -> None:
         last = self.world_size - 1
+        started = time.perf_counter()
         try:
             dist.broadcast(t.view(torch.uint8), src=last)
         except RuntimeError as e:
             raise self._fail("the output broadcast with", last, e) from e
+        if self.rank != last:
+            self.wait_seconds += time.perf_counter() - started
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -217,10 +224,12 @@ class LitStage:
         return self.lit.generate(*args, **kwargs)
 
     def stats(self) -> Dict[str, Any]:
-        """The engine's statistics for this stage, with the bytes it sent and received."""
+        """The engine's statistics for this stage, with the bytes it sent and received and the
+        seconds it waited on other stages (a forward's time minus these is the stage's own)."""
         out = dict(self.lit.stats())
         out["bytes_sent"] = self._link.bytes_sent
         out["bytes_received"] = self._link.bytes_received
+        out["stage_wait_seconds"] = self._link.wait_seconds
         return out
 
     @property

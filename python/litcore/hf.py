@@ -240,6 +240,24 @@ def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto
     return make_plan(units, list(range(len(units))), resolve_budget(memory_budget))
 
 
+def plan_pretrained_stages(model_dir_or_lit: PathLike, stages: int, *, split=None, memory_budget: Budget = "auto",
+                           model_class: Optional[Type] = None, config: Any = None):
+    """A dry run of a distributed run in `stages` stages (litcore.stages.plan_stages) for a
+    transformers model directory or a .lit file converted from one: each stage's layers,
+    modules, bytes and plan under `memory_budget`."""
+    from transformers import AutoConfig
+
+    from litcore.stages import plan_stages
+
+    src = os.fspath(model_dir_or_lit)
+    if os.path.isdir(src):
+        config = config or AutoConfig.from_pretrained(src)
+    else:
+        config = config or config_from_lit(src)
+    model_class = model_class or model_class_for(config)
+    return plan_stages(src, lambda: _build(model_class, config), stages, split=split, memory_budget=memory_budget)
+
+
 def _skeleton_units(root, sizes: Dict[str, Tuple[str, int]]) -> Tuple[list, Dict[str, Tuple[str, int]]]:
     """The engine's units for a model built empty, with each tensor's stored name and size
     from `sizes` (tied parameters resolve to the name the file stores)."""

@@ -27,6 +27,7 @@ class Stage:
     """One stage: its rank, its layers [first_layer, end_layer), the other modules it owns and
     the bytes of every weight it binds."""
     rank: int
+    layers_name: str
     first_layer: int
     end_layer: int
     modules: List[str]
@@ -35,8 +36,13 @@ class Stage:
 
     def __str__(self) -> str:
         mib = 2**20
+        layers = f"{self.layers_name}.{self.first_layer}-{self.end_layer - 1}"
+        inside = [m.startswith(self.layers_name + ".") for m in self.modules]
+        first = inside.index(True)
+        last = len(inside) - 1 - inside[::-1].index(True)
+        shown = self.modules[:first] + [layers] + self.modules[last + 1:]
         text = (f"stage {self.rank}: layers {self.first_layer}-{self.end_layer - 1}, {self.nbytes / mib:.1f} MiB "
-                f"({', '.join(self.modules)})")
+                f"({', '.join(shown)})")
         if self.plan is not None:
             text += (f"\n  under a {self.plan.budget / mib:.1f} MiB budget: {self.plan.resident_bytes / mib:.1f} MiB "
                      f"resident, {self.plan.streamed_bytes / mib:.1f} MiB streamed per forward, "
@@ -180,7 +186,7 @@ def split_model(model: nn.Module, sizes: Dict[str, Tuple[str, int]], world_size:
         if rank == world_size - 1:
             modules = modules + after
             nbytes += tail
-        result.stages.append(Stage(rank, first, end, modules, nbytes))
+        result.stages.append(Stage(rank, layers_name, first, end, modules, nbytes))
     return result
 
 

@@ -37,7 +37,7 @@ def worker(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         stage(ids)
         took = time.perf_counter() - started
-        forwards.append((took, took - (stage.stats()["stage_wait_seconds"] - wait)))
+        forwards.append((took, took - (stage.stats()["stage_wait_seconds"] - wait), stage.stats()["last"]["io_wait_seconds"]))
     hop = (stage.stats()["bytes_sent"] - sent_before) / args.steady
     wait = stage.stats()["stage_wait_seconds"]
     started = time.perf_counter()
@@ -46,8 +46,9 @@ def worker(args: argparse.Namespace) -> None:
     own = took - (stage.stats()["stage_wait_seconds"] - wait)
     print(json.dumps({"rank": stage.rank, "stage_bytes": stage.stage.nbytes, "layers": [stage.stage.first_layer,
                       stage.stage.end_layer], "resident": stage.plan.resident_bytes,
-                      "streamed": stage.plan.streamed_bytes, "forward": min(f for f, _ in forwards),
-                      "own_forward": min(o for _, o in forwards), "generate": took, "own_generate": own,
+                      "streamed": stage.plan.streamed_bytes, "forward": min(f for f, _, _ in forwards),
+                      "own_forward": min(o for _, o, _ in forwards), "io_wait": min(w for _, _, w in forwards),
+                      "generate": took, "own_generate": own,
                       "token_seconds": took / args.new_tokens, "own_token_seconds": own / args.new_tokens,
                       "hop_bytes_per_forward": hop}))
     stage.close()
@@ -92,11 +93,12 @@ def main() -> None:
     print(f"{args.stages} stages on one machine, {args.limit} MB limit each, budget {args.budget}; "
           f"CPU flags: {', '.join(flags) or 'no bf16 instructions'}; the stages share 2 cores and one disk")
     print("| stage | layers | bytes (MB) | resident (MB) | streamed / forward (MB) | forward (s) | own part (s) "
-          "| s / token | own part (s) | hop (bytes / forward) | peak (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| its IO wait (s) | s / token | own part (s) | hop (bytes / forward) | peak (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rank']} | {r['layers'][0]}-{r['layers'][1] - 1} | {r['stage_bytes'] / 1e6:.0f} | "
               f"{r['resident'] / 1e6:.0f} | {r['streamed'] / 1e6:.0f} | {r['forward']:.3f} | {r['own_forward']:.3f} | "
+              f"{r['io_wait']:.3f} | "
               f"{r['token_seconds']:.3f} | {r['own_token_seconds']:.3f} | {r['hop_bytes_per_forward']:.0f} | "
               f"{r['peak'] / 1e6:.0f} |")
 

@@ -8,6 +8,7 @@
 #include "litcore/litcore.h"
 #include "litcore/aten_dtype.h"
 #include "litcore/options.h"
+#include "litcore/read_groups.h"
 
 namespace py = pybind11;
 using namespace litcore;
@@ -289,10 +290,20 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("running", &WarmupReader::running);
 
   m.def("make_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, uint64_t budget,
-                        const std::set<int>& ran, int depth, const RatesTuple& rates, int current_runs) {
-    return plan_tuple(make_plan(to_units(units), order, budget, ran, depth, to_rates(rates), current_runs));
+                        const std::set<int>& ran, int depth, const RatesTuple& rates, int current_runs,
+                        uint64_t read_group_bytes) {
+    return plan_tuple(make_plan(to_units(units), order, budget, ran, depth, to_rates(rates), current_runs,
+                                read_group_bytes));
   }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3,
-     py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1);
+     py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1, py::arg("read_group_bytes") = 0);
+  m.def("largest_read_group", [](const std::vector<int>& order, const RangesList& ranges,
+                                 const std::vector<bool>& on_demand, uint64_t max_bytes) {
+    if (on_demand.size() != ranges.size()) throw std::invalid_argument("litcore: one on-demand flag per unit");
+    for (int i : order) {
+      if (i < 0 || static_cast<size_t>(i) >= ranges.size()) throw std::out_of_range("litcore: unit out of range");
+    }
+    return largest_read_group(order, to_ranges(ranges), on_demand, max_bytes);
+  }, py::arg("order"), py::arg("ranges"), py::arg("on_demand"), py::arg("max_bytes"));
   m.def("model_pass_seconds", [](const std::vector<UnitTuple>& units, const std::vector<int>& order,
                                  const std::set<int>& streamed, uint64_t window_bytes, const RatesTuple& rates) {
     return model_pass_seconds(to_units(units), order, streamed, window_bytes, to_rates(rates));

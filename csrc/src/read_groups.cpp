@@ -66,4 +66,18 @@ std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector
   return ends;
 }
 
+uint64_t largest_read_group(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
+                            const std::vector<bool>& on_demand, uint64_t max_bytes) {
+  std::vector<size_t> ends = read_groups(order, ranges, on_demand, max_bytes);
+  uint64_t largest = 0;
+  for (size_t start = 0; start < ends.size(); start = ends[start]) {
+    uint64_t bytes = 0;
+    for (size_t p = start; p < ends[start]; ++p) {
+      if (!on_demand[order[p]]) bytes += bytes_of(ranges[order[p]]);
+    }
+    largest = std::max(largest, bytes);
+  }
+  return largest;
+}
+
 }  // namespace litcore

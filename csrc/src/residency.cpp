@@ -48,7 +48,7 @@ struct Fill {
 
 // The window and the units `forced` leaves to place (in execution order).
 Fill start_fill(const std::vector<Unit>& units, const std::vector<int>& candidates, const std::set<int>& forced,
-                uint64_t room, int depth, std::vector<int>& rest) {
+                uint64_t room, int depth, uint64_t read_group, std::vector<int>& rest) {
   Fill f;
   std::vector<uint64_t> sizes;
   uint64_t largest = 0;
@@ -62,6 +62,8 @@ Fill start_fill(const std::vector<Unit>& units, const std::vector<int>& candidat
   f.resident = f.forced = forced;
   std::sort(sizes.begin(), sizes.end());
   uint64_t median = sizes.empty() ? 0 : sizes[sizes.size() / 2];
+  // Units the reader reads together (read_groups.h) are one read.
+  if (!rest.empty()) largest = std::max(largest, read_group);
   // Two of the largest: the reader can fetch the next one while the current one computes.
   uint64_t window = std::max(2 * largest, largest + static_cast<uint64_t>(std::max(depth - 1, 0)) * median);
   f.window = std::min(window, room - f.resident_bytes);
@@ -70,9 +72,9 @@ Fill start_fill(const std::vector<Unit>& units, const std::vector<int>& candidat
 
 // What streams is one run: a prefix and a suffix of the order stay resident.
 Fill fill(const std::vector<Unit>& units, const std::vector<int>& candidates, const std::set<int>& forced,
-          uint64_t room, int depth) {
+          uint64_t room, int depth, uint64_t read_group) {
   std::vector<int> rest;
-  Fill f = start_fill(units, candidates, forced, room, depth, rest);
+  Fill f = start_fill(units, candidates, forced, room, depth, read_group, rest);
   uint64_t spare = room - f.resident_bytes - f.window;
   // Keeps unit i resident if it fits; false once one does not (the run ends there).
   auto take = [&](int i) {
@@ -92,9 +94,9 @@ Fill fill(const std::vector<Unit>& units, const std::vector<int>& candidates, co
 // What streams is `runs` runs spread evenly: the units are cut into `runs` stretches of
 // equal bytes and each stretch streams its tail, together at least what must stream.
 Fill spread(const std::vector<Unit>& units, const std::vector<int>& candidates, const std::set<int>& forced,
-            uint64_t room, int depth, int runs) {
+            uint64_t room, int depth, uint64_t read_group, int runs) {
   std::vector<int> rest;
-  Fill f = start_fill(units, candidates, forced, room, depth, rest);
+  Fill f = start_fill(units, candidates, forced, room, depth, read_group, rest);
   uint64_t spare = room - f.resident_bytes - f.window;
   uint64_t rest_bytes = 0;
   for (int i : rest) rest_bytes += units[i].nbytes;
@@ -131,7 +133,8 @@ Fill spread(const std::vector<Unit>& units, const std::vector<int>& candidates, 
 }  // namespace
 
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
-               const std::set<int>& ran_before, int depth, const PassRates& rates, int current_runs) {
+               const std::set<int>& ran_before, int depth, const PassRates& rates, int current_runs,
+               uint64_t read_group_bytes) {
   Plan plan;
   plan.budget = budget;
   for (const auto& u : units) plan.total_bytes += u.nbytes;
@@ -184,7 +187,7 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     best.resident.insert(candidates.begin(), candidates.end());
     best.resident_bytes = candidate_bytes;
   } else {
-    best = fill(units, candidates, {}, room, depth);
+    best = fill(units, candidates, {}, room, depth, read_group_bytes);
   }
   std::set<int> forced;
   uint64_t forced_bytes = 0;
@@ -194,7 +197,7 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     uint64_t next = k + 1 < by_size.size() ? units[by_size[k + 1]].nbytes : 0;
     if (next == units[by_size[k]].nbytes) continue;  // the window would not shrink
     if (forced_bytes + 2 * next > room) break;
-    Fill f = fill(units, candidates, forced, room, depth);
+    Fill f = fill(units, candidates, forced, room, depth, read_group_bytes);
     if (f.resident_bytes > best.resident_bytes) best = std::move(f);
   }
   auto assemble = [&](const Fill& f) {
@@ -235,7 +238,7 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
   }
   Plan chosen = one_run, current = one_run;
   for (int runs : {2, 3, 4, 6, 8}) {
-    Plan p = assemble(spread(units, candidates, best.forced, room, depth, runs));
+    Plan p = assemble(spread(units, candidates, best.forced, room, depth, read_group_bytes, runs));
     if (p.resident_bytes + p.window_bytes > budget) continue;
     double reads = static_cast<double>(p.streamed_bytes) * rates.read_seconds_per_byte + p.runs * rates.seek_seconds;
     if (reads > 0.8 * compute) continue;

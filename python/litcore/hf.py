@@ -15,7 +15,7 @@ from litcore.dtypes import DTypeLike
 from litcore.empty_init import empty_init
 from litcore.engine import DEFAULT_VERIFY, check_verify
 from litcore.lit_module import LitModule
-from litcore.residency import Plan, Unit, make_plan
+from litcore.residency import Plan, Unit, make_plan, read_group_bytes
 from litcore.store import PathLike, Store
 
 __all__ = ["from_pretrained", "plan_pretrained", "convert_pretrained", "config_from_lit", "model_class_for",
@@ -237,7 +237,28 @@ def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto
     from litcore._native import _C
 
     units = [Unit(*u) for u in _C.units_of_tensors(specs, tensors)]
-    return make_plan(units, list(range(len(units))), resolve_budget(memory_budget))
+    budget = resolve_budget(memory_budget)
+    order = list(range(len(units)))
+    layout = _layout(src, dtype, skeleton, tensors)
+    ranges = [[layout[tensors[k][0]] for k in spec[1]] for spec in specs]
+    return make_plan(units, order, budget, read_group_bytes=read_group_bytes(units, order, ranges, budget))
+
+
+def _layout(src: str, dtype: Optional[DTypeLike], skeleton, tensors: Dict[str, Tuple[str, int]]) -> Dict[str, Tuple[int, int]]:
+    """Stored name -> (offset, bytes) in the file from_pretrained would run: the .lit file
+    itself, or a conversion, which lays tensors out in the model's order, 4096-aligned."""
+    if src.endswith(".lit") and not _lit_needs(src, dtype):
+        with Store(src) as store:
+            infos = store.infos()
+            return {stored: (infos[stored].offset, infos[stored].nbytes) for stored, _ in tensors.values()}
+    layout: Dict[str, Tuple[int, int]] = {}
+    offset = 0
+    for name in skeleton.state_dict(keep_vars=True):
+        if name in tensors and tensors[name][0] not in layout:
+            nbytes = tensors[name][1]
+            layout[tensors[name][0]] = (offset, nbytes)
+            offset += (nbytes + 4095) // 4096 * 4096
+    return layout
 
 
 def plan_pretrained_stages(model_dir_or_lit: PathLike, stages: int, *, split=None, memory_budget: Budget = "auto",

@@ -117,14 +117,25 @@ def _native_rates(rates: Optional[PassRates]) -> tuple:
 
 
 def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: Optional[Set[int]] = None,
-              depth: int = 3, rates: Optional[PassRates] = None, current_runs: int = 1) -> Plan:
+              depth: int = 3, rates: Optional[PassRates] = None, current_runs: int = 1,
+              read_group_bytes: int = 0) -> Plan:
     """Plans residency for `units` run in `order` (unit indices; repeats allowed) under
     `budget` bytes; `ran` is every unit ever seen running (default: those in `order`).
     With `rates`, what streams may be spread in several runs when the pass model predicts
-    it faster; a layout other than `current_runs` runs must win by 5%.
+    it faster; a layout other than `current_runs` runs must win by 5%. `read_group_bytes`:
+    the largest read group (read_group_bytes()); the window holds two.
     Raises BudgetTooSmallError naming the module that cannot fit."""
     return plan_from_native(_C.make_plan(_native_units(units), list(order), int(budget), set(ran or ()), depth,
-                                         _native_rates(rates), current_runs), units)
+                                         _native_rates(rates), current_runs, int(read_group_bytes)), units)
+
+
+def read_group_bytes(units: Sequence[Unit], order: Sequence[int], ranges: Sequence[Sequence[Tuple[int, int]]],
+                     budget: int) -> int:
+    """The largest run of units the engine's reader would read as one block (units stored in
+    one block of the file in another order than they run), as the engine sizes its window:
+    over the units that can stream, at most a quarter of `budget`."""
+    streamable = [i for i in order if units[i].streamable]
+    return _C.largest_read_group(streamable, [list(r) for r in ranges], [u.on_demand for u in units], budget // 4)
 
 
 def model_pass_seconds(units: Sequence[Unit], order: Sequence[int], plan: Plan, rates: PassRates) -> float:

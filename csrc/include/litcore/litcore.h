@@ -13,6 +13,7 @@
 #include "litcore/module_loader.h"
 #include "litcore/options.h"
 #include "litcore/pass_model.h"
+#include "litcore/read_groups.h"
 #include "litcore/prefetcher.h"
 #include "litcore/residency.h"
 #include "litcore/script_engine.h"

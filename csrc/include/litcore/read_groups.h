@@ -31,4 +31,9 @@ constexpr size_t kMaxGroupUnits = 32;
 std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
                                 const std::vector<bool>& on_demand, uint64_t max_bytes);
 
+// The bytes of the largest group read_groups() makes: the planner sizes the reader's window
+// to hold two (one read while the previous one computes).
+uint64_t largest_read_group(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
+                            const std::vector<bool>& on_demand, uint64_t max_bytes);
+
 }  // namespace litcore

@@ -16,8 +16,30 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp):
     litcore.save(ref.state_dict(), tmp / "a.lit")
     with pytest.raises(ValueError, match="CUDA is not available"):
         litcore.LitModule.from_params(tmp / "a.lit", Awkward, device="cuda")
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', not 'mps'"):
         litcore.LitModule.from_params(tmp / "a.lit", Awkward, device="mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_torchscript_and_cpp_refuse_cuda_on_a_cpu_only_torch(tmp, cpp_app):
+    """The same device option and refusal from every entry point, before any work."""
+    import subprocess
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    litcore.jit.save(torch.jit.script(model), tmp / "s.pt", tmp / "s.lit")
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(RuntimeError, match=f"device '{device}' requested, but this build of torch .* has no CUDA"):
+            litcore.jit.load(tmp / "s.pt", tmp / "s.lit", device=device)
+    with pytest.raises(ValueError, match="not 'cuda:'"):
+        litcore.jit.load(tmp / "s.pt", tmp / "s.lit", device="cuda:")
+    assert torch.equal(litcore.jit.load(tmp / "s.pt", tmp / "s.lit", device="cpu")(torch.ones(2, 8)),
+                       model(torch.ones(2, 8)))
+    r = subprocess.run([str(cpp_app / "run_model"), str(tmp / "s.pt"), str(tmp / "s.lit"), "--device", "cuda",
+                        "--shape", "2,8"], capture_output=True, text=True)
+    assert r.returncode == 4 and "device 'cuda' requested, but this build of torch" in r.stderr, r.stderr
+    r = subprocess.run([str(cpp_app / "run_model"), str(tmp / "s.pt"), str(tmp / "s.lit"), "--device", "cpu",
+                        "--shape", "2,8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 @needs_cuda

@@ -238,3 +238,41 @@ def test_measure_rates_from_a_forward():
     r2 = measure_rates(units, [0, 1], 1.5, quiet, r)
     assert r2.read_seconds_per_byte == r.read_seconds_per_byte and r2.seek_seconds == r.seek_seconds
     assert measure_rates(units, [0, 1], 1.5, quiet) is None
+
+
+def _layer_units(names_sizes, file_order):
+    """Units (exec order) and their byte ranges laid out in `file_order`, 4096-aligned."""
+    offsets, at = {}, 0
+    for name in file_order:
+        offsets[name] = at
+        at += (dict(names_sizes)[name] + 4095) // 4096 * 4096
+    units = [Unit(n, b, True) for n, b in names_sizes]
+    ranges = [[(offsets[n], b)] for n, b in names_sizes]
+    return units, ranges
+
+
+def test_read_groups_join_a_shuffled_layer_and_ignore_small_steps_back():
+    from litcore.residency import read_group_bytes
+
+    MiB = 2**20
+    layer = [("in_ln", 4096), ("q", 8 * MiB), ("k", MiB), ("v", MiB), ("o", 8 * MiB), ("post_ln", 4096),
+             ("gate", 23 * MiB), ("up", 23 * MiB), ("down", 23 * MiB)]
+    whole = sum(b for _, b in layer)
+    budget = 10 * whole
+    # Name order (a converted safetensors file): the layer is one block, shuffled inside.
+    name_order = ["in_ln", "down", "gate", "up", "post_ln", "k", "o", "q", "v"]
+    units, ranges = _layer_units(layer, name_order)
+    assert read_group_bytes(units, list(range(len(units))), ranges, budget) == whole
+    # Model order, norms stored after the MLP (registration order): a few KiB back is no
+    # shuffle, every module is read on its own.
+    model_order = ["q", "k", "v", "o", "gate", "up", "down", "in_ln", "post_ln"]
+    units, ranges = _layer_units(layer, model_order)
+    assert read_group_bytes(units, list(range(len(units))), ranges, budget) == 0
+    # Two shuffled layers back to back in the file still make one group each.
+    two = [(f"{n}{i}", b) for i in range(2) for n, b in layer]
+    units, ranges = _layer_units(two, [f"{n}{i}" for i in range(2) for n in name_order])
+    assert read_group_bytes(units, list(range(len(units))), ranges, budget) == whole
+    # A group never exceeds a quarter of the budget: then smaller blocks are read as groups
+    # (here the attention's q, k, v, o; the MLP's 69 MiB is too large too).
+    units, ranges = _layer_units(layer, name_order)
+    assert read_group_bytes(units, list(range(len(units))), ranges, 2 * whole) == 18 * MiB

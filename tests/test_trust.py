@@ -151,6 +151,8 @@ def test_jit_budget_too_small_names_the_module(tmp):
     (["--threads", "0"], "--threads takes a positive whole number"),
     (["--threads", "65"], "threads must be between 1 and 64"),
     (["--verify", "maybe"], "verify must be 'none', 'lazy' or 'full'"),
+    (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N', not 'gpu'"),
+    (["--device", "cuda:x"], "device must be 'cpu', 'cuda' or 'cuda:N', not 'cuda:x'"),
     (["--budget"], "--budget needs a value"),
 ])
 def test_cpp_app_options_fail_clearly(tmp, cpp_app, args, message):

@@ -296,6 +296,16 @@ PYBIND11_MODULE(_C, m) {
                                 read_group_bytes));
   }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3,
      py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1, py::arg("read_group_bytes") = 0);
+  m.def("make_device_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, uint64_t budget,
+                               int slots, uint64_t slot_overhead) {
+    return plan_tuple(make_device_plan(to_units(units), order, budget, slots, slot_overhead));
+  }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("slots") = 3, py::arg("slot_overhead") = 4096);
+  m.def("make_host_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& streamed_order,
+                             uint64_t budget) {
+    Plan device;
+    device.streamed_order = streamed_order;
+    return plan_tuple(make_host_plan(to_units(units), device, budget));
+  }, py::arg("units"), py::arg("streamed_order"), py::arg("budget"));
   m.def("largest_read_group", [](const std::vector<int>& order, const RangesList& ranges,
                                  const std::vector<bool>& on_demand, uint64_t max_bytes) {
     if (on_demand.size() != ranges.size()) throw std::invalid_argument("litcore: one on-demand flag per unit");
@@ -323,6 +333,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("auto_budget", &auto_budget);
   m.def("parse_budget", &parse_budget, py::arg("text"), py::arg("argument") = "memory_budget");
   m.def("check_threads", &check_threads);
+  m.def("parse_device", [](const std::string& text) { return parse_device(text).str(); }, py::arg("text"));
+  m.def("require_device", [](const std::string& text, const std::string& entry_point) {
+    require_device(parse_device(text), entry_point);
+  }, py::arg("device"), py::arg("entry_point"));
   m.def("cgroup_limit", &cgroup_limit);
 
   m.def("xxh64", [](py::buffer b) {

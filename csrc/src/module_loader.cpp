@@ -6,6 +6,7 @@
 namespace litcore {
 
 torch::jit::Module load_module(const std::string& model_path, const std::string& weights_path, const Options& options) {
+  require_device(parse_device(options.device), "TorchScript");  // before any work
   torch::jit::Module module = torch::jit::load(model_path);
   if (!module.hasattr("_litcore_units") || !module.hasattr("_litcore_streamable")) {
     throw std::invalid_argument("litcore: '" + model_path + "' was not saved by litcore.jit.save");

@@ -1,9 +1,13 @@
 #include "litcore/options.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <map>
 #include <stdexcept>
+
+#include <ATen/Context.h>
+#include <torch/headeronly/version.h>
 
 namespace litcore {
 
@@ -56,6 +60,42 @@ int check_threads(int64_t threads) {
                                 std::to_string(threads));
   }
   return static_cast<int>(threads);
+}
+
+std::string Device::str() const {
+  if (!cuda) return "cpu";
+  return index < 0 ? "cuda" : "cuda:" + std::to_string(index);
+}
+
+Device parse_device(const std::string& text) {
+  Device d;
+  if (text == "cpu") return d;
+  if (text == "cuda") {
+    d.cuda = true;
+    return d;
+  }
+  const std::string prefix = "cuda:";
+  if (text.size() > prefix.size() && text.compare(0, prefix.size(), prefix) == 0 && text.size() - prefix.size() <= 4 &&
+      std::all_of(text.begin() + static_cast<std::ptrdiff_t>(prefix.size()), text.end(),
+                  [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; })) {
+    d.cuda = true;
+    d.index = std::stoi(text.substr(prefix.size()));
+    return d;
+  }
+  throw std::invalid_argument("litcore: device must be 'cpu', 'cuda' or 'cuda:N', not '" + text + "'");
+}
+
+void require_device(const Device& device, const std::string& entry_point) {
+  if (!device.cuda) return;
+  if (!at::hasCUDA()) {
+    throw std::runtime_error("litcore: device '" + device.str() + "' requested, but this build of torch (" +
+                             TORCH_VERSION + ") has no CUDA support or sees no GPU");
+  }
+  if (entry_point == "TorchScript") {
+    throw std::runtime_error("litcore: device '" + device.str() + "': TorchScript programs and C++ apps run on the CPU "
+                             "only until litcore's native CUDA backend exists; use device 'cpu', or Python's "
+                             "LitModule, which streams to a GPU");
+  }
 }
 
 }  // namespace litcore

@@ -47,17 +47,30 @@ std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector
       std::vector<ByteRange> block = ranges[first];
       std::set<int> members = {first};
       uint64_t bytes = bytes_of(ranges[first]);
-      bool shuffled = false;  // some unit starts before the one that ran before it ends
+      // Some unit starts before the one that ran before it ends. Small units (a layer norm,
+      // stored after its layer's MLP in a model-ordered file) do not count: a backward step
+      // of a few KiB costs nothing, and the kernel reads them with their neighbours anyway.
+      bool shuffled = false;
+      int last_large = bytes_of(ranges[first]) >= kSmallUnit ? first : -1;
       for (size_t e = start + 1; e < n && e - start < kMaxGroupUnits; ++e) {
         int unit = order[e];
         if (on_demand[unit] || members.count(unit)) break;
         bytes += bytes_of(ranges[unit]);
         if (bytes > max_bytes) break;
-        ByteRange here = extent_of(ranges[unit]), before = extent_of(ranges[order[e - 1]]);
-        if (here.offset < before.offset + before.length) shuffled = true;
+        if (bytes_of(ranges[unit]) >= kSmallUnit) {
+          ByteRange here = extent_of(ranges[unit]);
+          if (last_large >= 0) {
+            ByteRange before = extent_of(ranges[last_large]);
+            if (here.offset < before.offset + before.length) shuffled = true;
+          }
+          last_large = unit;
+        }
         members.insert(unit);
         block.insert(block.end(), ranges[unit].begin(), ranges[unit].end());
-        if (shuffled && one_block(block)) best = e + 1;
+        if (shuffled && one_block(block)) {  // the smallest such run: a layer, not several
+          best = e + 1;
+          break;
+        }
       }
     }
     for (size_t p = start; p < best; ++p) ends[p] = best;
@@ -71,6 +84,7 @@ uint64_t largest_read_group(const std::vector<int>& order, const std::vector<std
   std::vector<size_t> ends = read_groups(order, ranges, on_demand, max_bytes);
   uint64_t largest = 0;
   for (size_t start = 0; start < ends.size(); start = ends[start]) {
+    if (ends[start] - start < 2) continue;  // a module read alone: the planner sizes for those
     uint64_t bytes = 0;
     for (size_t p = start; p < ends[start]; ++p) {
       if (!on_demand[order[p]]) bytes += bytes_of(ranges[order[p]]);

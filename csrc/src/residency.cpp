@@ -249,6 +249,47 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
   return chosen.modeled_seconds < 0.95 * current.modeled_seconds ? chosen : current;
 }
 
+Plan make_device_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget, int slots,
+                      uint64_t slot_overhead) {
+  if (slots < 2) throw std::invalid_argument("litcore: a device ring needs at least 2 slots, got " + std::to_string(slots));
+  uint64_t room = budget;
+  for (int round = 0; round < 8 && room > 0; ++round) {  // each round keeps less resident
+    Plan plan;
+    try {
+      plan = make_plan(units, order, room, {}, slots);
+    } catch (const BudgetTooSmallError&) {
+      break;
+    }
+    uint64_t largest = 0;
+    for (int i : plan.streamed_order) largest = std::max(largest, units[i].nbytes);
+    uint64_t ring = plan.streams() ? static_cast<uint64_t>(slots) * (largest + slot_overhead) : 0;
+    if (plan.resident_bytes + ring <= budget) {
+      plan.window_bytes = ring;
+      plan.budget = budget;
+      return plan;
+    }
+    uint64_t over = plan.resident_bytes + ring - budget;
+    room = room > over ? room - over : 0;
+  }
+  const Unit* largest = nullptr;
+  for (const auto& u : units) {
+    if (u.streamable && (!largest || u.nbytes > largest->nbytes)) largest = &u;
+  }
+  std::string what = largest ? " for module '" + largest->name + "' (" + human(largest->nbytes) + ")" : "";
+  throw BudgetTooSmallError("litcore: gpu_memory_budget " + human(budget) +
+                            " is too small for the weights that must stay on the device and " + std::to_string(slots) +
+                            " copy buffers" + what);
+}
+
+Plan make_host_plan(const std::vector<Unit>& units, const Plan& device_plan, uint64_t budget) {
+  std::set<int> on_host(device_plan.streamed_order.begin(), device_plan.streamed_order.end());
+  std::vector<Unit> host_units = units;
+  for (size_t i = 0; i < host_units.size(); ++i) {
+    if (!on_host.count(static_cast<int>(i))) host_units[i] = Unit{host_units[i].name, 0, false, false};
+  }
+  return make_plan(host_units, device_plan.streamed_order, budget);
+}
+
 uint64_t current_rss() {
   std::ifstream f("/proc/self/statm");
   uint64_t size = 0, resident = 0;

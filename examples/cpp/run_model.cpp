@@ -1,5 +1,5 @@
 // run_model MODEL.pt WEIGHTS.lit [--budget SIZE] [--shape 2,64] [--ids VOCAB] [--repeat N] [--threads N]
-//           [--verify none|lazy|full]
+//           [--verify none|lazy|full] [--device cpu|cuda[:N]]
 //
 // Loads a TorchScript program saved by litcore.jit.save with its weights from a .lit file,
 // runs it on a fixed input (N times) and prints the output: its shape, its XXH64 (bit-exact
@@ -54,7 +54,7 @@ at::Tensor first_tensor(const c10::IValue& value) {
 int main(int argc, char** argv) {
   const char* usage =
       "usage: run_model MODEL.pt WEIGHTS.lit [--budget SIZE] [--shape 2,64] [--ids VOCAB] [--repeat N] [--threads N] "
-      "[--verify none|lazy|full]\n";
+      "[--verify none|lazy|full] [--device cpu|cuda[:N]]\n";
   if (argc < 3) {
     std::cerr << usage;
     return 2;
@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
       else if (flag == "--repeat") repeat = parse_count(flag, value);
       else if (flag == "--threads") options.threads = litcore::check_threads(parse_count(flag, value));
       else if (flag == "--verify") options.verify = litcore::parse_verify(value);
+      else if (flag == "--device") options.device = litcore::parse_device(value).str();
       else throw std::invalid_argument("unknown option " + flag);
     }
   } catch (const std::exception& e) {

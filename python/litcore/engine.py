@@ -9,7 +9,7 @@ from litcore.binding import UnitSpec
 from litcore.residency import PassRates, Plan, Unit, plan_from_native
 from litcore.store import Store
 
-__all__ = ["Engine", "DEFAULT_VERIFY", "check_threads", "check_verify"]
+__all__ = ["Engine", "DEFAULT_VERIFY", "check_threads", "check_verify", "parse_device"]
 
 # No checksums unless asked: "lazy" costs one hash of every weight byte, which this
 # project's measurements put well over the 5% it allows a default (docs/benchmarks.md).
@@ -32,6 +32,13 @@ def check_verify(verify: object) -> str:
     if verify in ("none", "lazy", "full"):
         return str(verify)
     raise ValueError(f"litcore: verify must be 'none', 'lazy' or 'full' (or True/False), not {verify!r}")
+
+
+def parse_device(device: str) -> str:
+    """`device` as every entry point takes it: "cpu", "cuda" or "cuda:N" (one parser, in C++)."""
+    if not isinstance(device, str):
+        raise TypeError(f"litcore: device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    return _C.parse_device(device)
 
 
 class Engine:

@@ -24,7 +24,7 @@ import torch
 
 from litcore._native import _C
 from litcore.budget import Budget, resolve_budget
-from litcore.engine import DEFAULT_VERIFY, check_threads, check_verify
+from litcore.engine import DEFAULT_VERIFY, check_threads, check_verify, parse_device
 from litcore.save import save as save_weights
 from litcore.store import PathLike
 
@@ -155,16 +155,18 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
 
 
 def load(model_path: PathLike, weights_path: PathLike, *, memory_budget: Budget = "auto", threads: int = 1,
-         verify: Union[str, bool] = DEFAULT_VERIFY) -> torch.jit.ScriptModule:
+         verify: Union[str, bool] = DEFAULT_VERIFY, device: str = "cpu") -> torch.jit.ScriptModule:
     """Loads a program written by `save`, reading its weights from `weights_path` within
     `memory_budget` (bytes, "1.5GiB", or "auto") through the same engine as LitModule, with
-    the same `threads` and `verify` options.
+    the same `threads` and `verify` options. `device`: "cpu"; "cuda[:N]" raises a clear
+    error until litcore's native CUDA backend exists (LitModule streams to a GPU).
     The engine is `program._litcore_engine`: `summary()`, `passes()` and `placements()`
     give the same statistics and plan as `LitModule.stats()` and `LitModule.plan`."""
     import litcore  # noqa: F401  registers torch.classes.litcore
 
     verify = check_verify(verify)
     check_threads(threads)
+    _C.require_device(parse_device(str(device)), "TorchScript")
     budget = 0 if memory_budget is None or memory_budget == "auto" else resolve_budget(memory_budget)
     model_path, weights_path = os.fspath(model_path), os.fspath(weights_path)
     program = torch.jit.load(model_path)

@@ -17,7 +17,7 @@ from litcore import dtypes, hooks
 from litcore.binding import Binding, bind
 from litcore.budget import Budget, resolve_budget
 from litcore.empty_init import empty_init
-from litcore.engine import DEFAULT_VERIFY, Engine, check_threads, check_verify
+from litcore.engine import DEFAULT_VERIFY, Engine, check_threads, check_verify, parse_device
 from litcore.residency import Plan
 from litcore.store import PathLike, Store
 
@@ -119,9 +119,7 @@ class LitModule:
         filled) and unexpected tensors with a warning. `verbose` prints a line per forward."""
         verify = check_verify(verify)
         check_threads(threads)
-        device = torch.device(device)
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"litcore: device {device} is not supported (use 'cpu' or 'cuda[:N]')")
+        device = torch.device(parse_device(str(device)))
         if device.type == "cuda":
             _require_cuda(device)  # before building and binding: fail fast
         store = Store(resolve_weights_path(path), verify="full" if verify == "full" else "none")

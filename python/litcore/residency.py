@@ -160,9 +160,8 @@ def host_plan(units: Sequence[Unit], device_plan: Plan, budget: int) -> Plan:
     (read from the file once, then copied from the page cache) and which are read from the
     file on every forward, within the host `budget`. Units resident on the device take no
     host memory."""
-    on_host = set(device_plan.streamed_order)
-    host_units = [u if i in on_host else Unit(u.name, 0, False) for i, u in enumerate(units)]
-    return make_plan(host_units, device_plan.streamed_order, budget)
+    return plan_from_native(_C.make_host_plan(_native_units(units), list(device_plan.streamed_order), int(budget)),
+                            units)
 
 
 def device_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, slots: int = 3,
@@ -171,22 +170,5 @@ def device_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, slo
     ring of `slots` device buffers, each the size of the largest streamed unit (plus
     `slot_overhead` for alignment), so the ring is the plan's window: resident weights and
     the ring together stay within `budget`."""
-    room = budget
-    for _ in range(8):  # each round keeps less resident; a larger unit may join the streamed
-        try:
-            plan = make_plan(units, order, room, depth=slots)
-        except BudgetTooSmallError:
-            break
-        streamed = set(plan.streamed_order)
-        ring = slots * (max(units[i].nbytes for i in streamed) + slot_overhead) if streamed else 0
-        over = plan.resident_bytes + ring - budget
-        if over <= 0:
-            return Plan(plan.resident, plan.streamed_order, ring, plan.resident_bytes, plan.streamed_bytes,
-                        plan.lookup_bytes, budget, plan.total_bytes, plan.runs, units=plan.units)
-        room -= over
-        if room <= 0:
-            break
-    largest = max((u for u in units if u.streamable), key=lambda u: u.nbytes, default=None)
-    what = f" for module '{largest.name}' ({largest.nbytes / 2**20:.1f} MiB)" if largest else ""
-    raise BudgetTooSmallError(f"litcore: gpu_memory_budget {budget / 2**20:.1f} MiB is too small for the weights that "
-                              f"must stay on the device and {slots} copy buffers{what}")
+    return plan_from_native(_C.make_device_plan(_native_units(units), list(order), int(budget), slots, slot_overhead),
+                            units)

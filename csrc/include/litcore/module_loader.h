@@ -20,6 +20,9 @@ struct Options {
   // Checksums (EngineOptions::verify): None (the default, as in Python), Lazy (each tensor
   // when first read) or Full.
   Verify verify = Verify::None;
+  // "cpu", or "cuda[:N]": refused with a clear error (require_device) until the native CUDA
+  // backend exists.
+  std::string device = "cpu";
 };
 
 // torch::jit::load(model_path), then points the program's engine at `weights_path` and starts

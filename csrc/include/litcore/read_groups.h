@@ -22,17 +22,20 @@ namespace litcore {
 
 // The most units one group takes: a transformer layer has 4-12 leaf modules.
 constexpr size_t kMaxGroupUnits = 32;
+// Units smaller than this never make a run "shuffled" (a layer norm's few KiB).
+constexpr uint64_t kSmallUnit = 64ull << 10;
 
 // For each position of `order` (unit indices into `ranges`), the position one past the end of
-// its group. A group is never larger than `max_bytes` (one unit always makes a group), never
-// holds an `on_demand` unit (read by lookup, never read ahead) nor a unit twice, and is only
-// formed where its units are not in file order already (reading those one by one is already
-// sequential, and each is ready sooner).
+// its group: the shortest run from its first position that forms one block. A group is
+// never larger than `max_bytes` (one unit always makes a group), never holds an `on_demand`
+// unit (read by lookup, never read ahead) nor a unit twice, and is only formed where its
+// units are not in file order already (reading those one by one is already sequential, and
+// each is ready sooner).
 std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
                                 const std::vector<bool>& on_demand, uint64_t max_bytes);
 
-// The bytes of the largest group read_groups() makes: the planner sizes the reader's window
-// to hold two (one read while the previous one computes).
+// The bytes of the largest group of two or more units read_groups() makes (0: none): the
+// planner sizes the reader's window to hold two (one read while the previous one computes).
 uint64_t largest_read_group(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
                             const std::vector<bool>& on_demand, uint64_t max_bytes);
 

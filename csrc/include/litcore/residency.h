@@ -70,6 +70,18 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
                const std::set<int>& ran = {}, int depth = 3, const PassRates& rates = {}, int current_runs = 1,
                uint64_t read_group_bytes = 0);
 
+// The residency plan on a GPU (device="cuda"), within `budget` bytes of device memory:
+// streamed weights pass through a ring of `slots` device buffers, each the size of the
+// largest streamed unit plus `slot_overhead` (alignment), so the ring is the plan's window
+// and resident weights plus the ring stay within the budget. Throws BudgetTooSmallError
+// naming the largest module when no plan fits.
+Plan make_device_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget, int slots = 3,
+                      uint64_t slot_overhead = 4096);
+// With a GPU: which of the units streamed to the device (`device_plan`) stay in host memory
+// (read from the file once) and which are read from the file on every forward, within the
+// host `budget`. Units resident on the device take no host memory.
+Plan make_host_plan(const std::vector<Unit>& units, const Plan& device_plan, uint64_t budget);
+
 // "auto": the smaller of (cgroup memory limit - what the cgroup is charged now) and
 // MemAvailable, minus max(128 MiB, 5%) for activations and allocator slack; 2^60 (no limit)
 // when neither is known.

@@ -216,20 +216,27 @@ def _build(model_class: Type, config: Any):
     return model
 
 
+def _config_and_class(src: str, config: Any, model_class: Optional[Type]) -> Tuple[Any, Type]:
+    """The model's config (given, from a model directory, or from a .lit file's metadata) and
+    its transformers class."""
+    if config is None:
+        if os.path.isdir(src):
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(src)
+        else:
+            config = config_from_lit(src)
+    return config, model_class or model_class_for(config)
+
+
 def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto", dtype: Optional[DTypeLike] = None,
                     model_class: Optional[Type] = None, config: Any = None) -> Plan:
     """A dry run: the plan `from_pretrained` would start with under `memory_budget` (which
     modules stay resident, stream, or are read by lookup, with bytes), from the weight
     files' headers and the model's structure; nothing is converted or read. The first
     forward may refine it (it learns the execution order)."""
-    from transformers import AutoConfig
-
     src = os.fspath(model_dir_or_lit)
-    if os.path.isdir(src):
-        config = config or AutoConfig.from_pretrained(src)
-    else:
-        config = config or config_from_lit(src)
-    model_class = model_class or model_class_for(config)
+    config, model_class = _config_and_class(src, config, model_class)
     sizes = source_sizes(src, dtype)
     with empty_init():
         skeleton = _build(model_class, config)
@@ -266,16 +273,10 @@ def plan_pretrained_stages(model_dir_or_lit: PathLike, stages: int, *, split=Non
     """A dry run of a distributed run in `stages` stages (litcore.stages.plan_stages) for a
     transformers model directory or a .lit file converted from one: each stage's layers,
     modules, bytes and plan under `memory_budget`."""
-    from transformers import AutoConfig
-
     from litcore.stages import plan_stages
 
     src = os.fspath(model_dir_or_lit)
-    if os.path.isdir(src):
-        config = config or AutoConfig.from_pretrained(src)
-    else:
-        config = config or config_from_lit(src)
-    model_class = model_class or model_class_for(config)
+    config, model_class = _config_and_class(src, config, model_class)
     return plan_stages(src, lambda: _build(model_class, config), stages, split=split, memory_budget=memory_budget)
 
 

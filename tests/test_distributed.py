@@ -5,6 +5,7 @@ with a clear error, not a hang."""
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -161,3 +162,40 @@ def test_plan_stages_is_a_dry_run_per_stage(setup):
     assert second.plan.resident_bytes + second.plan.streamed_bytes + second.plan.lookup_bytes == second.nbytes
     text = str(stages)
     assert "stage 1: layers 6-11" in text and "lm_head" in text and "streamed per forward" in text
+
+
+TORCHRUN_SCRIPT = """
+import json, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+import litcore.distributed
+
+args = json.loads(sys.argv[1])
+config = LlamaConfig(**args["config"])
+stage = litcore.distributed.from_params(args["path"], lambda: LlamaForCausalLM(config), timeout=60)
+ids = torch.tensor(args["ids"])
+tokens = stage.generate(ids, max_new_tokens=args["new_tokens"], min_new_tokens=args["new_tokens"], do_sample=False,
+                        pad_token_id=0)
+if stage.rank == 0:
+    torch.save(tokens, args["out"])
+stage.close()
+"""
+
+
+def test_torchrun_launches_stages_and_tied_weights_stay_with_their_module(tmp_path):
+    """As a user launches it (torchrun, one process per stage), on a model whose LM head is
+    tied to the embedding: the last stage binds the shared weight through the embedding it
+    keeps, and the tokens match the whole model."""
+    tied = _model(tie_word_embeddings=True)
+    litcore.save(tied.state_dict(), tmp_path / "tied.lit")
+    ids = torch.randint(3, CONFIG["vocab_size"], (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = tied.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=0)
+    (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)
+    job = dict(config={**CONFIG, "tie_word_embeddings": True}, path=str(tmp_path / "tied.lit"), ids=ids.tolist(),
+               new_tokens=NEW_TOKENS, out=str(tmp_path / "tokens.pt"))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(tmp_path / "run.py"), json.dumps(job)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "tokens.pt"), want)

@@ -306,14 +306,14 @@ PYBIND11_MODULE(_C, m) {
     device.streamed_order = streamed_order;
     return plan_tuple(make_host_plan(to_units(units), device, budget));
   }, py::arg("units"), py::arg("streamed_order"), py::arg("budget"));
-  m.def("largest_read_group", [](const std::vector<int>& order, const RangesList& ranges,
-                                 const std::vector<bool>& on_demand, uint64_t max_bytes) {
-    if (on_demand.size() != ranges.size()) throw std::invalid_argument("litcore: one on-demand flag per unit");
+  m.def("planned_read_group", [](const std::vector<UnitTuple>& units, const std::vector<int>& order,
+                                 const RangesList& ranges, uint64_t budget) {
+    if (units.size() != ranges.size()) throw std::invalid_argument("litcore: one list of byte ranges per unit");
     for (int i : order) {
       if (i < 0 || static_cast<size_t>(i) >= ranges.size()) throw std::out_of_range("litcore: unit out of range");
     }
-    return largest_read_group(order, to_ranges(ranges), on_demand, max_bytes);
-  }, py::arg("order"), py::arg("ranges"), py::arg("on_demand"), py::arg("max_bytes"));
+    return planned_read_group(to_units(units), order, to_ranges(ranges), budget);
+  }, py::arg("units"), py::arg("order"), py::arg("ranges"), py::arg("budget"));
   m.def("model_pass_seconds", [](const std::vector<UnitTuple>& units, const std::vector<int>& order,
                                  const std::set<int>& streamed, uint64_t window_bytes, const RatesTuple& rates) {
     return model_pass_seconds(to_units(units), order, streamed, window_bytes, to_rates(rates));

@@ -102,7 +102,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   }
   budget_ = options_.memory_budget > 0 ? options_.memory_budget : auto_budget();
   for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
-  plan_ = make_plan(units_, order_, budget_, {}, 3, {}, 1, read_group_locked(order_));
+  plan_ = make_plan(units_, order_, budget_, {}, 3, {}, 1, planned_read_group(units_, order_, ranges_, budget_));
   if (options_.warm_up) {
     std::vector<int> resident;
     for (int i : order_) {
@@ -127,19 +127,6 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
 Engine::~Engine() {
   warmup_.reset();      // joins its thread
   prefetcher_.reset();  // joins its threads
-}
-
-uint64_t Engine::read_group_locked(const std::vector<int>& order) const {
-  // As if every unit that can stream did: the plan decides which do after sizing the window.
-  std::vector<int> streamable;
-  std::vector<bool> on_demand;
-  for (const auto& u : units_) on_demand.push_back(u.on_demand);
-  for (int i : order) {
-    if (units_[i].streamable) streamable.push_back(i);
-  }
-  // A group larger than a quarter of the budget is read in parts (the reader caps groups
-  // at half its window).
-  return largest_read_group(streamable, ranges_, on_demand, budget_ / 4);
 }
 
 std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& units) const {
@@ -274,7 +261,7 @@ void Engine::adopt_order_locked(const std::vector<int>& order) {
   ran_.insert(order.begin(), order.end());
   Plan plan;
   try {
-    plan = make_plan(units_, order, budget_, ran_, 3, rates_, plan_.runs, read_group_locked(order));
+    plan = make_plan(units_, order, budget_, ran_, 3, rates_, plan_.runs, planned_read_group(units_, order, ranges_, budget_));
   } catch (const BudgetTooSmallError& e) {
     warnings_.push_back(std::string(e.what()) + "; keeping the plan made before the first forward");
     return;
@@ -294,7 +281,7 @@ void Engine::relayout_locked(const std::vector<int>& order, double seconds, cons
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {
-    plan = make_plan(units_, order_, budget_, ran_, 3, rates_, plan_.runs, read_group_locked(order_));
+    plan = make_plan(units_, order_, budget_, ran_, 3, rates_, plan_.runs, planned_read_group(units_, order_, ranges_, budget_));
   } catch (const BudgetTooSmallError&) {
     return;
   }
@@ -307,7 +294,7 @@ void Engine::replan(const PassRates& rates) {
   rates_ = rates;
   std::set<int> ran = ran_;
   ran.insert(order_.begin(), order_.end());
-  switch_plan_locked(make_plan(units_, order_, budget_, ran, 3, rates_, plan_.runs, read_group_locked(order_)));
+  switch_plan_locked(make_plan(units_, order_, budget_, ran, 3, rates_, plan_.runs, planned_read_group(units_, order_, ranges_, budget_)));
 }
 
 void Engine::switch_plan_locked(const Plan& plan) {

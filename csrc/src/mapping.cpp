@@ -230,8 +230,7 @@ void Mapping::release(uint64_t offset, uint64_t length) const {
   uint64_t at = static_cast<uint64_t>(start - impl_->addr);
   uint64_t first = at / kLargestFolio * kLargestFolio;
   uint64_t last = std::min<uint64_t>((at + len + kLargestFolio - 1) / kLargestFolio * kLargestFolio, impl_->size);
-  int rc = posix_fadvise(impl_->fd, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
-  if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
+  drop_cache(first, last - first);
 }
 
 void Mapping::drop_cache(uint64_t offset, uint64_t length) const {

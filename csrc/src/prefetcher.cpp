@@ -116,7 +116,7 @@ void Prefetcher::read(const std::vector<int>& units) {
     if (!options_.on_demand[unit]) ranges.insert(ranges.end(), units_[unit].begin(), units_[unit].end());
   }
   // In file order: a group's units, and a unit's own tensors, may be stored in any order.
-  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  sort_by_offset(ranges);
   for (const auto& r : ranges) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
@@ -148,10 +148,9 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
     in_flight_ += cost_[unit];
     cost += cost_[unit];
     if (cost_[unit] == 0) continue;
-    for (const auto& r : units_[unit]) {
-      first = std::min(first, r.offset);
-      end = std::max(end, r.offset + r.length);
-    }
+    ByteRange extent = extent_of(units_[unit]);
+    first = std::min(first, extent.offset);
+    end = std::max(end, extent.offset + extent.length);
   }
   stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
   bool continues = first >= last_read_end_ && first - last_read_end_ <= kReadContinuesWithin;

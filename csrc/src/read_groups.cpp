@@ -12,19 +12,9 @@ uint64_t bytes_of(const std::vector<ByteRange>& ranges) {
   return n;
 }
 
-// [first byte, end) of a unit's ranges.
-ByteRange extent_of(const std::vector<ByteRange>& ranges) {
-  uint64_t first = UINT64_MAX, end = 0;
-  for (const auto& r : ranges) {
-    first = std::min(first, r.offset);
-    end = std::max(end, r.offset + r.length);
-  }
-  return first < end ? ByteRange{first, end - first} : ByteRange{};
-}
-
 // The ranges, sorted, leave no gap wider than a read continues across.
 bool one_block(std::vector<ByteRange> ranges) {
-  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  sort_by_offset(ranges);
   uint64_t end = 0;
   for (size_t i = 0; i < ranges.size(); ++i) {
     if (i > 0 && ranges[i].offset > end + kReadContinuesWithin) return false;
@@ -92,6 +82,17 @@ uint64_t largest_read_group(const std::vector<int>& order, const std::vector<std
     largest = std::max(largest, bytes);
   }
   return largest;
+}
+
+uint64_t planned_read_group(const std::vector<Unit>& units, const std::vector<int>& order,
+                            const std::vector<std::vector<ByteRange>>& ranges, uint64_t budget) {
+  std::vector<int> streamable;
+  std::vector<bool> on_demand;
+  for (const auto& u : units) on_demand.push_back(u.on_demand);
+  for (int i : order) {
+    if (units.at(static_cast<size_t>(i)).streamable) streamable.push_back(i);
+  }
+  return largest_read_group(streamable, ranges, on_demand, budget / 4);
 }
 
 }  // namespace litcore

@@ -162,22 +162,18 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
     `model_class` and `config` override what config.json names. The other options are
     LitModule.from_params's.
     """
-    from transformers import AutoConfig
-
     check_cache = "full" if verify is None else check_verify(verify)  # a cache is checked unless asked not to
     verify = DEFAULT_VERIFY if verify is None else check_verify(verify)
     src = os.fspath(model_dir_or_lit)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
     if os.path.isdir(src):
-        config = config or AutoConfig.from_pretrained(src)
-        model_class = model_class or model_class_for(config)
+        config, model_class = _config_and_class(src, config, model_class)
         lit_path = _converted(src, cache, dtype, check_cache, progress, model_order(model_class, config))
     else:
         if not os.path.exists(src):
             raise FileNotFoundError(f"litcore: '{src}' does not exist (expected a model directory or a .lit file)")
         lit_path = _converted(src, cache, dtype, check_cache, progress) if _lit_needs(src, dtype) else src
-        config = config or config_from_lit(lit_path)
-        model_class = model_class or model_class_for(config)
+        config, model_class = _config_and_class(lit_path, config, model_class)
 
     return LitModule.from_params(lit_path, lambda: _build(model_class, config), memory_budget=memory_budget,
                                  device=device, gpu_memory_budget=gpu_memory_budget, strict=strict, threads=threads,

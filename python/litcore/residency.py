@@ -132,10 +132,9 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: 
 def read_group_bytes(units: Sequence[Unit], order: Sequence[int], ranges: Sequence[Sequence[Tuple[int, int]]],
                      budget: int) -> int:
     """The largest run of units the engine's reader would read as one block (units stored in
-    one block of the file in another order than they run), as the engine sizes its window:
-    over the units that can stream, at most a quarter of `budget`."""
-    streamable = [i for i in order if units[i].streamable]
-    return _C.largest_read_group(streamable, [list(r) for r in ranges], [u.on_demand for u in units], budget // 4)
+    one block of the file in another order than they run), as the engine sizes its window
+    (read_groups.h: over the units that can stream, at most a quarter of `budget`)."""
+    return _C.planned_read_group(_native_units(units), list(order), [list(r) for r in ranges], int(budget))
 
 
 def model_pass_seconds(units: Sequence[Unit], order: Sequence[int], plan: Plan, rates: PassRates) -> float:

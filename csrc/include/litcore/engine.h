@@ -144,8 +144,6 @@ class Engine {
   // (all but the units in `streamed`, which the prefetch reader checks as it reads them).
   void verify_unread(const std::vector<int>& streamed);
   std::vector<std::vector<ByteRange>> ranges_of(const std::vector<int>& units) const;
-  // The largest read group `order` would make (the planner sizes the window for two).
-  uint64_t read_group_locked(const std::vector<int>& order) const;
 
   std::shared_ptr<Store> store_;
   std::vector<Unit> units_;

@@ -4,6 +4,7 @@
 // another order than they run are read together, in file order (read_groups.h).
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -27,6 +28,21 @@ struct ByteRange {
   uint64_t offset = 0;
   uint64_t length = 0;
 };
+
+// [first byte, end) of `ranges` (empty when they are).
+inline ByteRange extent_of(const std::vector<ByteRange>& ranges) {
+  uint64_t first = UINT64_MAX, end = 0;
+  for (const auto& r : ranges) {
+    first = std::min(first, r.offset);
+    end = std::max(end, r.offset + r.length);
+  }
+  return first < end ? ByteRange{first, end - first} : ByteRange{};
+}
+
+// In file order.
+inline void sort_by_offset(std::vector<ByteRange>& ranges) {
+  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+}
 
 struct PrefetchStats {
   // Bytes read for the units used since the last reset_stats(), counted when a unit is used

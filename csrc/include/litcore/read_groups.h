@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "litcore/prefetcher.h"
+#include "litcore/residency.h"
 
 namespace litcore {
 
@@ -38,5 +39,12 @@ std::vector<size_t> read_groups(const std::vector<int>& order, const std::vector
 // planner sizes the reader's window to hold two (one read while the previous one computes).
 uint64_t largest_read_group(const std::vector<int>& order, const std::vector<std::vector<ByteRange>>& ranges,
                             const std::vector<bool>& on_demand, uint64_t max_bytes);
+
+// The read group a plan for `units` run in `order` under `budget` sizes its window for: the
+// largest group over the units that can stream (as if all did: the plan decides which do
+// after sizing the window), each at most a quarter of the budget (a larger one is read in
+// parts: the reader caps groups at half its window). `ranges`: each unit's byte ranges.
+uint64_t planned_read_group(const std::vector<Unit>& units, const std::vector<int>& order,
+                            const std::vector<std::vector<ByteRange>>& ranges, uint64_t budget);
 
 }  // namespace litcore

@@ -278,6 +278,7 @@ void Engine::relayout_locked(const std::vector<int>& order, double seconds, cons
     return;
   }
   rates_ = measure_rates(units_, order, seconds, stats, rates_);
+  rates_.readahead = prefetcher_->read_mode() != ReadMode::Direct;
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {
@@ -292,6 +293,7 @@ void Engine::replan(const PassRates& rates) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!prefetcher_) return;
   rates_ = rates;
+  rates_.readahead = prefetcher_->read_mode() != ReadMode::Direct;
   std::set<int> ran = ran_;
   ran.insert(order_.begin(), order_.end());
   switch_plan_locked(make_plan(units_, order_, budget_, ran, 3, rates_, plan_.runs, planned_read_group(units_, order_, ranges_, budget_)));
@@ -355,7 +357,9 @@ std::vector<Stat> Engine::summary() const {
           count("window_bytes", plan_.window_bytes),
           count("streamed_runs", static_cast<uint64_t>(plan_.runs)),
           count("warmup_bytes_read", warmup_ ? warmup_->bytes_read() : 0),
-          count("warmup_running", warmup_ && warmup_->running() ? 1 : 0)};
+          count("warmup_running", warmup_ && warmup_->running() ? 1 : 0),
+          count("direct_reads", prefetcher_ && prefetcher_->read_mode() == ReadMode::Direct ? 1 : 0),
+          count("placed_bytes", store_->mapping()->placed_bytes())};
 }
 
 std::vector<Stat> Engine::totals() const {

@@ -14,7 +14,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <mutex>
+#include <new>
 #include <string>
+#include <vector>
 
 #include "litcore/errors.h"
 #include "litcore/fault_guard.h"
@@ -46,6 +50,10 @@ uint64_t page_size() {
   return size;
 }
 
+// Direct reads are cut into requests of this size: long enough for the disk's queue, short
+// enough that an error names a narrow range.
+constexpr uint64_t kDirectRead = 16ull << 20;
+
 void warn(const char* what, const std::string& path, int err) {
   std::fprintf(stderr, "litcore: warning: %s '%s': %s\n", what, path.c_str(), std::strerror(err));
 }
@@ -63,6 +71,48 @@ struct Mapping::Impl {
   int exact_fd = -1;  // the file again, readahead off: fill_cache_exact
   uint64_t readahead_window = 8ull << 20;
   std::unique_ptr<FaultGuard> guard;  // survives the file shrinking under the mapping
+  int direct_fd = -1;  // the file again, O_DIRECT: place()
+  std::atomic<bool> direct_supported{false};
+  // Placed ranges: offset -> length.
+  mutable std::mutex placed_mu;
+  std::map<uint64_t, uint64_t> placed;
+  uint64_t placed_total = 0;
+
+  // Reads [pos, pos + n) with direct reads into `dst`. Returns false if the file system
+  // refused the first one (EINVAL); past the end of the file the rest is zeroed.
+  bool read_direct(uint8_t* dst, uint64_t n, uint64_t pos, bool first) const {
+    uint64_t end = pos + n;
+    while (pos < end) {
+      ssize_t got = ::pread(direct_fd, dst, static_cast<size_t>(std::min(kDirectRead, end - pos)), static_cast<off_t>(pos));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0 && errno == EINVAL && first) return false;
+      if (got < 0) read_failed(pos, end, errno);
+      first = false;
+      if (got == 0 || static_cast<uint64_t>(got) % page_size() != 0) {
+        // A short read ends the file: the rest of the last page is the page's padding.
+        uint64_t at = pos + static_cast<uint64_t>(got);
+        if (at < std::min(end, size)) read_failed(at, end, 0);  // the file shrank: truncated while in use
+        std::memset(dst + got, 0, static_cast<size_t>(end - at));
+        return true;
+      }
+      pos += static_cast<uint64_t>(got);
+      dst += got;
+    }
+    return true;
+  }
+
+  // Maps the file over a placed range again, in one step: an access there from any thread
+  // reads the file's bytes before and after, never a hole or zeros. The placed pages are
+  // freed (keeping them for the next read would need a step that leaves the range briefly
+  // empty: measured 2.2 GB/s against 1.9, but a concurrent reader could see zeros).
+  void unplace_locked(uint64_t offset, uint64_t length) {
+    void* back = mmap(addr + offset, static_cast<size_t>(length), PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED, fd, static_cast<off_t>(offset));
+    if (back == MAP_FAILED) {
+      int err = errno;  // the placed pages stay, holding the same bytes
+      throw IOError(errno_message("litcore: cannot map the file again over streamed weights of", path, err), err);
+    }
+  }
 
   // Reads [offset, end) of `from` into the page cache with 8 MiB preads into a scratch buffer.
   void pread_range(int from, uint64_t offset, uint64_t end) const {
@@ -131,13 +181,16 @@ Mapping::Mapping(const std::string& path) : impl_(std::make_unique<Impl>()) {
   impl_->exact_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (impl_->exact_fd >= 0) posix_fadvise(impl_->exact_fd, 0, 0, POSIX_FADV_RANDOM);
   if (impl_->null_fd < 0) impl_->sendfile_supported = false;
+  impl_->direct_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  impl_->direct_supported = impl_->direct_fd >= 0;
 }
 
 Mapping::~Mapping() {
   impl_->guard.reset();  // before the range can be mapped by someone else
   if (impl_->null_fd >= 0) ::close(impl_->null_fd);
   if (impl_->exact_fd >= 0) ::close(impl_->exact_fd);
-  if (impl_->addr) munmap(impl_->addr, impl_->size);
+  if (impl_->direct_fd >= 0) ::close(impl_->direct_fd);
+  if (impl_->addr) munmap(impl_->addr, impl_->size);  // placed pages with it
   if (impl_->fd >= 0) ::close(impl_->fd);
 }
 
@@ -223,11 +276,27 @@ void Mapping::release(uint64_t offset, uint64_t length) const {
   uint8_t* start;
   size_t len;
   if (!impl_->page_range(offset, length, &start, &len)) return;
-  if (madvise(start, len, MADV_DONTNEED) != 0) warn("madvise(DONTNEED)", impl_->path, errno);
+  uint64_t at = static_cast<uint64_t>(start - impl_->addr);
+  {
+    std::lock_guard<std::mutex> lock(impl_->placed_mu);
+    uint64_t covered = 0;
+    auto it = impl_->placed.lower_bound(at);
+    if (it != impl_->placed.begin() && std::prev(it)->first + std::prev(it)->second > at) --it;
+    while (it != impl_->placed.end() && it->first < at + len) {
+      uint64_t first = std::max(it->first, at), last = std::min(it->first + it->second, at + len);
+      covered += last - first;
+      impl_->unplace_locked(it->first, it->second);
+      impl_->placed_total -= it->second;
+      it = impl_->placed.erase(it);
+    }
+    if (covered == len) return;  // no page cache was used for it
+    // Under the lock: a placement landing between the check above and this would have its
+    // new pages dropped, and read as zeros.
+    if (madvise(start, len, MADV_DONTNEED) != 0) warn("madvise(DONTNEED)", impl_->path, errno);
+  }
   // The page cache holds file data in folios of up to 2 MiB, and a folio that straddles the
   // range's edge is not dropped for a partial range: widen the cache drop to whole 2 MiB
   // blocks. Pages a neighbour still maps are never dropped, so this costs it nothing.
-  uint64_t at = static_cast<uint64_t>(start - impl_->addr);
   uint64_t first = at / kLargestFolio * kLargestFolio;
   uint64_t last = std::min<uint64_t>((at + len + kLargestFolio - 1) / kLargestFolio * kLargestFolio, impl_->size);
   drop_cache(first, last - first);
@@ -238,6 +307,69 @@ void Mapping::drop_cache(uint64_t offset, uint64_t length) const {
   length = std::min(length, impl_->size - offset);
   int rc = posix_fadvise(impl_->fd, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
   if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
+}
+
+bool Mapping::can_place() const { return impl_->direct_supported; }
+
+bool Mapping::place(uint64_t offset, uint64_t length) const {
+  uint64_t ps = page_size();
+  if (!impl_->direct_supported || length == 0 || offset % ps != 0 || offset >= impl_->size) return false;
+  length = std::min(length, impl_->size - offset);
+  uint64_t len = (length + ps - 1) / ps * ps;
+  {
+    std::lock_guard<std::mutex> lock(impl_->placed_mu);
+    auto it = impl_->placed.find(offset);
+    if (it != impl_->placed.end() && it->second >= len) return true;  // in place already
+  }
+  // New memory at a huge-page boundary, advised for huge pages: a direct read into 2 MiB
+  // pages is one long scatter list (2.0 GB/s against 0.8-1.4 into 4 KiB pages, same disk).
+  void* p = mmap(nullptr, static_cast<size_t>(len + kLargestFolio), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  if (p == MAP_FAILED) {
+    throw IOError(errno_message("litcore: no memory for " + std::to_string(len) + " bytes of streamed weights of",
+                                impl_->path, errno), errno);
+  }
+  auto* raw = static_cast<uint8_t*>(p);
+  auto* block = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + kLargestFolio - 1) / kLargestFolio *
+                                           kLargestFolio);
+  if (block > raw) munmap(raw, static_cast<size_t>(block - raw));
+  if (raw + kLargestFolio > block) munmap(block + len, static_cast<size_t>(raw + kLargestFolio - block));
+#ifdef MADV_HUGEPAGE
+  madvise(block, static_cast<size_t>(len), MADV_HUGEPAGE);  // advice only: 4 KiB pages work too
+#endif
+  try {
+    if (!impl_->read_direct(block, len, offset, true)) {
+      impl_->direct_supported = false;  // this file system takes no direct reads
+      munmap(block, static_cast<size_t>(len));
+      return false;
+    }
+  } catch (...) {
+    munmap(block, static_cast<size_t>(len));
+    throw;
+  }
+  std::lock_guard<std::mutex> lock(impl_->placed_mu);
+  // One step: the range holds the file's bytes before and after it, for any thread.
+  if (mremap(block, static_cast<size_t>(len), static_cast<size_t>(len), MREMAP_MAYMOVE | MREMAP_FIXED,
+             impl_->addr + offset) == MAP_FAILED) {
+    int err = errno;
+    munmap(block, static_cast<size_t>(len));
+    throw IOError(errno_message("litcore: cannot move streamed weights into the mapping of", impl_->path, err), err);
+  }
+  impl_->placed_total += len;
+  impl_->placed[offset] = len;
+  // What the page cache holds of the range (read ahead by faults on resident neighbours, or
+  // left from an earlier plan) is a second copy nothing maps: dropped, in whole large folios
+  // as release() does (pages a neighbour maps stay).
+  uint64_t first = offset / kLargestFolio * kLargestFolio;
+  uint64_t last = std::min<uint64_t>((offset + len + kLargestFolio - 1) / kLargestFolio * kLargestFolio, impl_->size);
+  int rc = posix_fadvise(impl_->fd, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
+  if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
+  return true;
+}
+
+uint64_t Mapping::placed_bytes() const {
+  std::lock_guard<std::mutex> lock(impl_->placed_mu);
+  return impl_->placed_total;
 }
 
 uint64_t Mapping::readahead_reach() const { return 2 * impl_->readahead_window + kLargestFolio; }

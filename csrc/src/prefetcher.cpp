@@ -18,7 +18,28 @@ using Clock = std::chrono::steady_clock;
 // registers its ~10 modules in another order than it runs them.
 constexpr size_t kReorderSpan = 16;
 
+std::vector<ByteRange> page_runs(std::vector<ByteRange> ranges) {
+  constexpr uint64_t kPage = 4096;  // the format's alignment; Mapping::place checks the OS's
+  sort_by_offset(ranges);
+  std::vector<ByteRange> runs;
+  for (const auto& r : ranges) {
+    if (r.length == 0) continue;
+    uint64_t end = (r.offset + r.length + kPage - 1) / kPage * kPage;
+    if (!runs.empty() && r.offset <= runs.back().offset + runs.back().length) {
+      runs.back().length = std::max(runs.back().length, end - runs.back().offset);
+    } else {
+      runs.push_back({r.offset, end - r.offset});
+    }
+  }
+  return runs;
+}
+
 }  // namespace
+
+ReadMode resolve_read_mode(ReadMode mode, const Mapping& mapping) {
+  if (mode != ReadMode::Auto) return mode;
+  return mapping.can_place() ? ReadMode::Direct : ReadMode::Sendfile;
+}
 
 Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units, Options options)
     : mapping_(std::move(mapping)), units_(std::move(units)), options_(options) {
@@ -38,7 +59,12 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
                                 std::to_string(options_.on_demand.size()) + " on-demand flags");
   }
   options_.on_demand.resize(units_.size(), false);
-  for (size_t g = 0; g < units_.size(); ++g) cost_.push_back(options_.on_demand[g] ? 0 : bytes_[g]);
+  options_.read_mode = resolve_read_mode(options_.read_mode, *mapping_);
+  read_mode_ = options_.read_mode;
+  for (size_t g = 0; g < units_.size(); ++g) {
+    cost_.push_back(options_.on_demand[g] ? 0 : bytes_[g]);
+    runs_.push_back(page_runs(units_[g]));
+  }
   state_.assign(units_.size(), State::Idle);
   in_use_.assign(units_.size(), 0);
   streamed_.assign(units_.size(), false);
@@ -56,6 +82,16 @@ Prefetcher::~Prefetcher() {
   work_cv_.notify_all();
   ready_cv_.notify_all();
   for (auto& t : threads_) t.join();
+  // Memory put in place goes back to the system.
+  for (size_t g = 0; g < units_.size(); ++g) {
+    if (streamed_[g] && state_[g] == State::Ready) drop(static_cast<int>(g));
+  }
+}
+
+ReadMode Prefetcher::read_mode() const { return read_mode_.load(); }
+
+void Prefetcher::drop(int unit) {
+  for (const auto& r : direct() ? runs_[unit] : units_[unit]) mapping_->release(r.offset, r.length);
 }
 
 void Prefetcher::check_unit(int unit) const {
@@ -90,7 +126,7 @@ void Prefetcher::set_order(const std::vector<int>& order) {
     for (const auto& r : units_[g]) {
       if (!streamed[g]) mapping_->normal_access(r.offset, r.length);
       else if (options_.on_demand[g]) mapping_->random_access(r.offset, r.length);
-      else mapping_->sequential_access(r.offset, r.length);
+      else if (!direct()) mapping_->sequential_access(r.offset, r.length);
     }
   }
   streamed_ = streamed;
@@ -112,6 +148,21 @@ void Prefetcher::set_window(uint64_t window_bytes) {
 void Prefetcher::read(const std::vector<int>& units) {
   // On-demand units' pages come in by fault, only those touched.
   std::vector<ByteRange> ranges;
+  if (direct()) {
+    for (int unit : units) {
+      if (!options_.on_demand[unit]) ranges.insert(ranges.end(), runs_[unit].begin(), runs_[unit].end());
+    }
+    sort_by_offset(ranges);
+    size_t placed = 0;
+    while (placed < ranges.size() && mapping_->place(ranges[placed].offset, ranges[placed].length)) ++placed;
+    if (placed == ranges.size()) return;
+    // The file system refused direct reads: this and every later read go through the page cache.
+    read_mode_ = ReadMode::Sendfile;
+    ranges.erase(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(placed));
+    for (const auto& r : ranges) mapping_->fill_cache(r.offset, r.length);
+    for (const auto& r : ranges) mapping_->populate(r.offset, r.length);
+    return;
+  }
   for (int unit : units) {
     if (!options_.on_demand[unit]) ranges.insert(ranges.end(), units_[unit].begin(), units_[unit].end());
   }
@@ -159,7 +210,9 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
     // The previous read's spill is wasted unless this one reads on into it.
     if (!continues) spill = spill_;
     last_read_end_ = end;
-    spill_ = options_.read_mode != ReadMode::Exact ? ByteRange{end, mapping_->readahead_reach()} : ByteRange{};
+    // Direct and exact reads read nothing past the unit.
+    bool spills = !direct() && options_.read_mode != ReadMode::Exact;
+    spill_ = spills ? ByteRange{end, mapping_->readahead_reach()} : ByteRange{};
   }
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
   auto start = Clock::now();
@@ -212,7 +265,7 @@ void Prefetcher::release_locked(int unit) {
   error_[unit] = nullptr;
   if (state_[unit] == State::Ready) in_flight_ -= cost_[unit];
   state_[unit] = State::Idle;
-  for (const auto& r : units_[unit]) mapping_->release(r.offset, r.length);
+  drop(unit);
 }
 
 void Prefetcher::worker_loop() {
@@ -333,7 +386,7 @@ void Prefetcher::done(int unit) {
     // The unit keeps its window share until its pages are gone.
     state_[unit] = State::Releasing;
     lock.unlock();
-    for (const auto& r : units_[unit]) mapping_->release(r.offset, r.length);
+    drop(unit);
     lock.lock();
     state_[unit] = State::Idle;
     in_flight_ -= cost_[unit];

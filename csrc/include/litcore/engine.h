@@ -38,7 +38,7 @@ struct UnitSpec {
 struct EngineOptions {
   uint64_t memory_budget = 0;  // bytes for weights, resident and in flight; 0: auto_budget()
   int threads = 1;             // prefetch reader threads
-  ReadMode read_mode = ReadMode::Sendfile;
+  ReadMode read_mode = ReadMode::Auto;
   bool warm_up = true;         // read the resident weights in before the first forward
   bool adapt = true;           // re-lay out what streams from rates measured on each forward
   // Checksums: None; Full, every tensor when the engine starts; Lazy, each tensor the first
@@ -128,7 +128,9 @@ class Engine {
   std::vector<int> order() const;
   uint64_t budget() const { return budget_; }
   std::vector<PassStats> passes() const;
-  // The plan's figures and the warm-up's, by name.
+  // The plan's figures, the warm-up's, and the reader's (direct_reads: 1 when streamed
+  // weights are read past the page cache into memory put in place, placed_bytes of it in
+  // place now), by name.
   std::vector<Stat> summary() const;
   // The additive pass statistics summed over every forward.
   std::vector<Stat> totals() const;

@@ -1,5 +1,6 @@
-// A read-only file mapped copy-on-write into memory, with page advice.
-// OS details (mmap, madvise, posix_fadvise) stay in mapping.cpp.
+// A read-only file mapped copy-on-write into memory, with page advice, and the pages of
+// streamed weights read past the page cache into new memory and put in place (place()).
+// OS details (mmap, madvise, posix_fadvise, O_DIRECT, mremap) stay in mapping.cpp.
 #pragma once
 
 #include <cstddef>
@@ -48,8 +49,20 @@ class Mapping {
   // no longer backs it (see fault_guard.h).
   void check_faults() const;
   // Drops the range from this process and from the page cache (MADV_DONTNEED +
-  // POSIX_FADV_DONTNEED). The memory stays valid: a later access reads the file again.
+  // POSIX_FADV_DONTNEED); where pages were put in place, the file is mapped there again. The memory stays valid: a later access reads the file again.
   void release(uint64_t offset, uint64_t length) const;
+  // Whether place() can work here: the file system takes direct reads (tmpfs does not).
+  bool can_place() const;
+  // Reads the whole pages of [offset, offset + length) (`offset` at a page) with direct
+  // reads (O_DIRECT) into new memory and moves it over the mapping there (mremap) in one
+  // step: the tensors keep their addresses, the bytes at every address stay the file's for
+  // any thread, and no page cache is used (what it held of the range is dropped). release()
+  // maps the file back and frees the memory. Returns false, having changed nothing, where
+  // direct reads are refused (the caller reads through the page cache instead). Throws
+  // IOError naming the file as fill_cache does, and when memory cannot be had or moved.
+  bool place(uint64_t offset, uint64_t length) const;
+  // Bytes put in place and not released.
+  uint64_t placed_bytes() const;
   // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,
   // in use or read ahead into a unit, stay. For what the kernel's readahead read past a read.
   void drop_cache(uint64_t offset, uint64_t length) const;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -62,20 +63,27 @@ struct PrefetchStats {
   uint64_t peak_in_flight_bytes = 0;
 };
 
-// How a unit is read (Mapping::fill_cache, then MADV_POPULATE_READ maps the cached pages).
+// How a unit is read: past the page cache into engine-owned pages put in place
+// (Mapping::place), or into the page cache (Mapping::fill_cache, then MADV_POPULATE_READ
+// maps the cached pages).
 enum class ReadMode {
-  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy (the default)
+  Auto,      // Direct where the file system and kernel allow it, otherwise Sendfile (the default)
+  Direct,    // direct reads into new memory moved into place: no page cache, no readahead
+  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy
   Pread,     // 8 MiB preads into a scratch buffer: the same readahead, plus a copy
   Populate,  // MADV_POPULATE_READ alone: page faults drive the reads (about half as fast)
   Exact,     // 8 MiB preads with readahead off: exactly the module's bytes, nothing past them
 };
+
+// The mode Auto stands for on `mapping`; any other mode as it is.
+ReadMode resolve_read_mode(ReadMode mode, const Mapping& mapping);
 
 class Prefetcher {
  public:
   struct Options {
     uint64_t window_bytes = 0;  // streamed bytes allowed in memory at once (loaded or loading)
     int threads = 1;
-    ReadMode read_mode = ReadMode::Sendfile;
+    ReadMode read_mode = ReadMode::Auto;
     // Per unit (empty: none): read by lookup, so never read ahead; its pages come in by
     // fault during use, cost no window, and are dropped by done() like any streamed unit.
     std::vector<bool> on_demand;
@@ -109,6 +117,8 @@ class Prefetcher {
 
   PrefetchStats stats() const;
   void reset_stats();
+  // The mode reads use (never Auto); Direct turns to Sendfile if the file system refuses.
+  ReadMode read_mode() const;
   uint64_t unit_bytes(int unit) const;
 
  private:
@@ -123,6 +133,9 @@ class Prefetcher {
   // most `limit` positions, and the positions covered.
   std::vector<int> group_at_locked(size_t pos, size_t limit, size_t* covered) const;
   void release_locked(int unit);
+  // Drops a unit's pages (memory put in place is freed, the file mapped there again).
+  void drop(int unit);
+  bool direct() const { return read_mode_.load() == ReadMode::Direct; }
   // Counts a read unit's bytes in bytes_read, once per read.
   void bill_locked(int unit);
   // Moves past the front position of the order (consumed), and past any after it that were
@@ -132,6 +145,10 @@ class Prefetcher {
 
   std::shared_ptr<Mapping> mapping_;
   std::vector<std::vector<ByteRange>> units_;
+  // Per unit, its ranges widened to whole pages and merged (the padding between a unit's
+  // tensors joins them): what direct reads put in place, one block of the file each.
+  std::vector<std::vector<ByteRange>> runs_;
+  std::atomic<ReadMode> read_mode_{ReadMode::Sendfile};
   std::vector<uint64_t> bytes_;
   std::vector<uint64_t> cost_;  // what a unit takes of the window: 0 for on-demand units
   Options options_;

@@ -10,6 +10,7 @@ memory limit that counts page cache, with the weight files evicted from page cac
 --baseline DIR adds the system "litcore-baseline": another litcore build (installed with
 `pip install --target DIR`, e.g. an older commit) run by the same worker beside this one.
 The system "litcore-lazy" is litcore with verify="lazy" (what lazy checksums cost);
+"litcore-direct" is litcore with read_mode="direct" (streamed weights read past the page cache);
 "litcore-cli-order" runs a file made by `litcore convert model.safetensors` (tensors in
 name order: within a layer the MLP before the attention) instead of the model's order.
 
@@ -34,7 +35,7 @@ import cgroup  # noqa: E402
 import report  # noqa: E402
 
 SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-cli-order",
-           "litcore-lazy", "litcore-baseline"]
+           "litcore-lazy", "litcore-direct", "litcore-baseline"]
 PYTORCH_LIT_VERSION = "0.1.7"
 
 
@@ -102,6 +103,8 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
         cmd += ["--verify", "lazy"]
     if read_mode and system in ("litcore", "litcore-cli-order", "litcore-lazy"):
         cmd += ["--read-mode", read_mode]
+    if system == "litcore-direct":
+        cmd += ["--read-mode", "direct"]
     env = dict(os.environ)
     if system == "pytorch-lit":
         env["PYTHONPATH"] = pl_path
@@ -153,7 +156,7 @@ def main() -> None:
     parser.add_argument("--model", default="1b", choices=["tiny", "small", "1b"])
     parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
     parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("litcore-baseline",
-                                                                                      "litcore-lazy")))
+                                                                                      "litcore-lazy", "litcore-direct")))
     parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=32,

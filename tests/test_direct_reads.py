@@ -1,4 +1,4 @@
-"""Direct reads (read_mode "auto" where the file system allows, or "direct"): streamed weights
+"""Direct reads (read_mode "direct", or "auto" where the file system allows): streamed weights
 are read past the page cache into pages litcore owns, which are then moved into place in the
 file's mapping, so the tensors never change address. Checked on a real transformers
 architecture and real files: bit-exact, the weights valid between forwards, no second copy
@@ -36,7 +36,7 @@ def _takes_direct_reads(path) -> bool:
         return False
 
 
-def _check_run(path, read_mode="auto"):
+def _check_run(path, read_mode="direct"):
     """Runs forwards and generate through litcore and checks them against the model in memory."""
     from transformers import LlamaForCausalLM
     ref = _reference()

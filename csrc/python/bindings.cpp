@@ -215,7 +215,7 @@ PYBIND11_MODULE(_C, m) {
              return std::make_unique<Prefetcher>(store.mapping(), to_ranges(units), opts);
            }),
            py::arg("store"), py::arg("units"), py::arg("window_bytes"), py::arg("threads") = 1,
-           py::arg("read_mode") = "auto", py::arg("on_demand") = std::vector<bool>{})
+           py::arg("read_mode") = "sendfile", py::arg("on_demand") = std::vector<bool>{})
       .def("set_order", &Prefetcher::set_order, py::call_guard<py::gil_scoped_release>())
       .def("wait", &Prefetcher::wait, py::call_guard<py::gil_scoped_release>())
       .def("done", &Prefetcher::done, py::call_guard<py::gil_scoped_release>())
@@ -239,7 +239,7 @@ PYBIND11_MODULE(_C, m) {
              return std::make_unique<Engine>(std::move(store), specs, options);
            }),
            py::arg("store"), py::arg("units"), py::arg("memory_budget") = 0, py::arg("threads") = 1,
-           py::arg("read_mode") = "auto", py::arg("warm_up") = true, py::arg("adapt") = true,
+           py::arg("read_mode") = "sendfile", py::arg("warm_up") = true, py::arg("adapt") = true,
            py::arg("verify") = "none")
       .def("begin", &Engine::begin, py::arg("restart") = false, py::call_guard<py::gil_scoped_release>())
       .def("enter", &Engine::enter, py::call_guard<py::gil_scoped_release>())

@@ -76,7 +76,7 @@ class LitModule:
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
                  device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
-                 read_mode: str = "auto", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY) -> None:
+                 read_mode: str = "sendfile", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -100,7 +100,7 @@ class LitModule:
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
-                    threads: int = 1, read_mode: str = "auto", verbose: bool = False,
+                    threads: int = 1, read_mode: str = "sendfile", verbose: bool = False,
                     verify: Union[str, bool] = DEFAULT_VERIFY) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
@@ -108,11 +108,13 @@ class LitModule:
         `memory_budget` bounds host memory for weights; with `device="cuda"`,
         `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
         the GPU, and the rest streams through pinned buffers on a copy stream.
-        `read_mode` says how streamed weights are read: "auto" (default: "direct" where the
-        file system takes direct reads, else "sendfile"), "direct" (past the page cache into
-        pages litcore owns, moved into place in the mapping: the budget is the footprint in any
-        file order), "sendfile" (the page cache through the file's readahead, no copy),
-        "pread" (the same with a copy), "populate" (page faults) or "exact" (readahead off).
+        `read_mode` says how streamed weights are read: "sendfile" (default: the page cache
+        through the file's readahead, no copy; fastest where reading is the bottleneck),
+        "direct" (past the page cache into memory moved into place in the mapping: the budget
+        is the footprint in any file order, and what streams can be spread to hide under
+        compute; falls back to "sendfile" where the file system takes no direct reads),
+        "auto" ("direct" where it works, else "sendfile"), "pread" (the page cache with a
+        copy), "populate" (page faults) or "exact" (readahead off).
         `threads`: prefetch reader threads (1-64). `verify`: checksums, "none" (default),
         "lazy" (each tensor the first time it is read; the rest after the first forward,
         before its result is returned) or "full" (all, before returning); a mismatch raises

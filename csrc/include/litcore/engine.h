@@ -38,7 +38,7 @@ struct UnitSpec {
 struct EngineOptions {
   uint64_t memory_budget = 0;  // bytes for weights, resident and in flight; 0: auto_budget()
   int threads = 1;             // prefetch reader threads
-  ReadMode read_mode = ReadMode::Auto;
+  ReadMode read_mode = ReadMode::Sendfile;
   bool warm_up = true;         // read the resident weights in before the first forward
   bool adapt = true;           // re-lay out what streams from rates measured on each forward
   // Checksums: None; Full, every tensor when the engine starts; Lazy, each tensor the first

@@ -67,9 +67,9 @@ struct PrefetchStats {
 // (Mapping::place), or into the page cache (Mapping::fill_cache, then MADV_POPULATE_READ
 // maps the cached pages).
 enum class ReadMode {
-  Auto,      // Direct where the file system and kernel allow it, otherwise Sendfile (the default)
+  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy (the default)
+  Auto,      // Direct where the file system takes direct reads, otherwise Sendfile
   Direct,    // direct reads into new memory moved into place: no page cache, no readahead
-  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy
   Pread,     // 8 MiB preads into a scratch buffer: the same readahead, plus a copy
   Populate,  // MADV_POPULATE_READ alone: page faults drive the reads (about half as fast)
   Exact,     // 8 MiB preads with readahead off: exactly the module's bytes, nothing past them
@@ -83,7 +83,7 @@ class Prefetcher {
   struct Options {
     uint64_t window_bytes = 0;  // streamed bytes allowed in memory at once (loaded or loading)
     int threads = 1;
-    ReadMode read_mode = ReadMode::Auto;
+    ReadMode read_mode = ReadMode::Sendfile;
     // Per unit (empty: none): read by lookup, so never read ahead; its pages come in by
     // fault during use, cost no window, and are dropped by done() like any streamed unit.
     std::vector<bool> on_demand;

@@ -278,7 +278,6 @@ void Engine::relayout_locked(const std::vector<int>& order, double seconds, cons
     return;
   }
   rates_ = measure_rates(units_, order, seconds, stats, rates_);
-  rates_.readahead = prefetcher_->read_mode() != ReadMode::Direct;
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {
@@ -293,7 +292,6 @@ void Engine::replan(const PassRates& rates) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!prefetcher_) return;
   rates_ = rates;
-  rates_.readahead = prefetcher_->read_mode() != ReadMode::Direct;
   std::set<int> ran = ran_;
   ran.insert(order_.begin(), order_.end());
   switch_plan_locked(make_plan(units_, order_, budget_, ran, 3, rates_, plan_.runs, planned_read_group(units_, order_, ranges_, budget_)));

@@ -237,12 +237,11 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     if (!units[i].on_demand) compute += static_cast<double>(units[i].nbytes) * rates.compute_seconds_per_byte;
   }
   Plan chosen = one_run, current = one_run;
-  for (int runs : {2, 3, 4, 6, 8, 12, 16, 24, 32}) {
-    if (runs > 8 && rates.readahead) break;
+  for (int runs : {2, 3, 4, 6, 8}) {
     Plan p = assemble(spread(units, candidates, best.forced, room, depth, read_group_bytes, runs));
     if (p.resident_bytes + p.window_bytes > budget) continue;
     double reads = static_cast<double>(p.streamed_bytes) * rates.read_seconds_per_byte + p.runs * rates.seek_seconds;
-    if (rates.readahead && reads > 0.8 * compute) continue;
+    if (reads > 0.8 * compute) continue;
     if (p.modeled_seconds < chosen.modeled_seconds) chosen = p;
     if (p.runs == current_runs && current.runs != current_runs) current = p;  // runs may merge: match what ran
   }

@@ -25,10 +25,6 @@ struct PassRates {
   double compute_seconds_per_byte = 0;  // forward time outside IO waits, per weight byte it used
   double read_seconds_per_byte = 0;     // the reader's speed along a contiguous range
   double seek_seconds = 0;              // the extra time of a read that does not continue the last one
-  // Reads go through the page cache: the kernel's readahead runs past the window (which
-  // flatters one run) and restarts small after each gap. False for direct reads, which read
-  // exactly the window, at full speed after a gap too.
-  bool readahead = true;
   bool known() const { return compute_seconds_per_byte > 0 && read_seconds_per_byte > 0; }
 };
 
@@ -67,9 +63,7 @@ class BudgetTooSmallError : public std::invalid_argument {
 // window ahead, so it idles through the resident part and compute then waits for the rest.
 // With measured `rates`, the planner also tries 2-8 runs spread evenly along the order (each
 // read under the compute before it, at the cost of a seek per run) and keeps the layout the
-// pass model (pass_model.h) predicts fastest (with direct reads up to 32 runs, and not only
-// when compute-bound: each resident stretch then hides a window of reading, and gaps are
-// free); a layout other than `current_runs` must win by
+// pass model (pass_model.h) predicts fastest; a layout other than `current_runs` must win by
 // 5%, so a plan does not flap between forwards of different shapes. `read_group_bytes`: the
 // largest run of units the reader reads as one (read_groups.h); the window holds two.
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,

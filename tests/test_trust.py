@@ -97,15 +97,16 @@ def test_a_file_truncated_under_a_store_raises_instead_of_killing(model_file):
     assert "OSError" in out.stdout and "m.lit" in out.stdout and "truncated" in out.stdout
 
 
-@pytest.mark.parametrize("budget", ["auto", "60KB"])
-def test_a_file_truncated_under_a_running_model_fails_the_forward(model_file, budget):
+@pytest.mark.parametrize("budget, read_mode", [("auto", "sendfile"), ("60KB", "sendfile"), ("60KB", "direct")])
+def test_a_file_truncated_under_a_running_model_fails_the_forward(model_file, budget, read_mode):
     _, path = model_file
     out = run_python(f"""
         import os, sys, torch, litcore
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from models import Block
         build = lambda: torch.nn.Sequential(*[Block(64) for _ in range(6)])
-        lit = litcore.LitModule.from_params({str(path)!r}, build, memory_budget={budget!r}, verify="none")
+        lit = litcore.LitModule.from_params({str(path)!r}, build, memory_budget={budget!r}, verify="none",
+                                            read_mode={read_mode!r})
         x = torch.randn(2, 5, 64)
         lit(x)
         os.truncate({str(path)!r}, 8192)

@@ -102,7 +102,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   }
   budget_ = options_.memory_budget > 0 ? options_.memory_budget : auto_budget();
   for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
-  plan_ = make_plan(units_, order_, budget_, {}, 3, {}, 1, planned_read_group(units_, order_, ranges_, budget_));
+  plan_ = plan_for(order_, {}, {}, 1);
   if (options_.warm_up) {
     std::vector<int> resident;
     for (int i : order_) {
@@ -127,6 +127,11 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
 Engine::~Engine() {
   warmup_.reset();      // joins its thread
   prefetcher_.reset();  // joins its threads
+}
+
+Plan Engine::plan_for(const std::vector<int>& order, const std::set<int>& ran, const PassRates& rates,
+                      int current_runs) const {
+  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, planned_read_group(units_, order, ranges_, budget_));
 }
 
 std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& units) const {
@@ -261,7 +266,7 @@ void Engine::adopt_order_locked(const std::vector<int>& order) {
   ran_.insert(order.begin(), order.end());
   Plan plan;
   try {
-    plan = make_plan(units_, order, budget_, ran_, 3, rates_, plan_.runs, planned_read_group(units_, order, ranges_, budget_));
+    plan = plan_for(order, ran_, rates_, plan_.runs);
   } catch (const BudgetTooSmallError& e) {
     warnings_.push_back(std::string(e.what()) + "; keeping the plan made before the first forward");
     return;
@@ -281,7 +286,7 @@ void Engine::relayout_locked(const std::vector<int>& order, double seconds, cons
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {
-    plan = make_plan(units_, order_, budget_, ran_, 3, rates_, plan_.runs, planned_read_group(units_, order_, ranges_, budget_));
+    plan = plan_for(order_, ran_, rates_, plan_.runs);
   } catch (const BudgetTooSmallError&) {
     return;
   }
@@ -294,7 +299,7 @@ void Engine::replan(const PassRates& rates) {
   rates_ = rates;
   std::set<int> ran = ran_;
   ran.insert(order_.begin(), order_.end());
-  switch_plan_locked(make_plan(units_, order_, budget_, ran, 3, rates_, plan_.runs, planned_read_group(units_, order_, ranges_, budget_)));
+  switch_plan_locked(plan_for(order_, ran, rates_, plan_.runs));
 }
 
 void Engine::switch_plan_locked(const Plan& plan) {

@@ -80,8 +80,9 @@ struct Mapping::Impl {
 
   // Reads [pos, pos + n) with direct reads into `dst`. Returns false if the file system
   // refused the first one (EINVAL); past the end of the file the rest is zeroed.
-  bool read_direct(uint8_t* dst, uint64_t n, uint64_t pos, bool first) const {
+  bool read_direct(uint8_t* dst, uint64_t n, uint64_t pos) const {
     uint64_t end = pos + n;
+    bool first = true;
     while (pos < end) {
       ssize_t got = ::pread(direct_fd, dst, static_cast<size_t>(std::min(kDirectRead, end - pos)), static_cast<off_t>(pos));
       if (got < 0 && errno == EINTR) continue;
@@ -294,9 +295,11 @@ void Mapping::release(uint64_t offset, uint64_t length) const {
     // new pages dropped, and read as zeros.
     if (madvise(start, len, MADV_DONTNEED) != 0) warn("madvise(DONTNEED)", impl_->path, errno);
   }
-  // The page cache holds file data in folios of up to 2 MiB, and a folio that straddles the
-  // range's edge is not dropped for a partial range: widen the cache drop to whole 2 MiB
-  // blocks. Pages a neighbour still maps are never dropped, so this costs it nothing.
+  // Pages a neighbour still maps are never dropped, so widening costs it nothing.
+  drop_cache_folios(at, len);
+}
+
+void Mapping::drop_cache_folios(uint64_t at, uint64_t len) const {
   uint64_t first = at / kLargestFolio * kLargestFolio;
   uint64_t last = std::min<uint64_t>((at + len + kLargestFolio - 1) / kLargestFolio * kLargestFolio, impl_->size);
   drop_cache(first, last - first);
@@ -338,7 +341,7 @@ bool Mapping::place(uint64_t offset, uint64_t length) const {
   madvise(block, static_cast<size_t>(len), MADV_HUGEPAGE);  // advice only: 4 KiB pages work too
 #endif
   try {
-    if (!impl_->read_direct(block, len, offset, true)) {
+    if (!impl_->read_direct(block, len, offset)) {
       impl_->direct_supported = false;  // this file system takes no direct reads
       munmap(block, static_cast<size_t>(len));
       return false;
@@ -358,12 +361,8 @@ bool Mapping::place(uint64_t offset, uint64_t length) const {
   impl_->placed_total += len;
   impl_->placed[offset] = len;
   // What the page cache holds of the range (read ahead by faults on resident neighbours, or
-  // left from an earlier plan) is a second copy nothing maps: dropped, in whole large folios
-  // as release() does (pages a neighbour maps stay).
-  uint64_t first = offset / kLargestFolio * kLargestFolio;
-  uint64_t last = std::min<uint64_t>((offset + len + kLargestFolio - 1) / kLargestFolio * kLargestFolio, impl_->size);
-  int rc = posix_fadvise(impl_->fd, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
-  if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
+  // left from an earlier plan) is a second copy nothing maps (pages a neighbour maps stay).
+  drop_cache_folios(offset, len);
   return true;
 }
 

@@ -148,26 +148,21 @@ void Prefetcher::set_window(uint64_t window_bytes) {
 void Prefetcher::read(const std::vector<int>& units) {
   // On-demand units' pages come in by fault, only those touched.
   std::vector<ByteRange> ranges;
-  if (direct()) {
-    for (int unit : units) {
-      if (!options_.on_demand[unit]) ranges.insert(ranges.end(), runs_[unit].begin(), runs_[unit].end());
-    }
-    sort_by_offset(ranges);
-    size_t placed = 0;
-    while (placed < ranges.size() && mapping_->place(ranges[placed].offset, ranges[placed].length)) ++placed;
-    if (placed == ranges.size()) return;
-    // The file system refused direct reads: this and every later read go through the page cache.
-    read_mode_ = ReadMode::Sendfile;
-    ranges.erase(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(placed));
-    for (const auto& r : ranges) mapping_->fill_cache(r.offset, r.length);
-    for (const auto& r : ranges) mapping_->populate(r.offset, r.length);
-    return;
-  }
   for (int unit : units) {
-    if (!options_.on_demand[unit]) ranges.insert(ranges.end(), units_[unit].begin(), units_[unit].end());
+    const auto& own = direct() ? runs_[unit] : units_[unit];
+    if (!options_.on_demand[unit]) ranges.insert(ranges.end(), own.begin(), own.end());
   }
   // In file order: a group's units, and a unit's own tensors, may be stored in any order.
   sort_by_offset(ranges);
+  if (direct()) {
+    size_t placed = 0;
+    while (placed < ranges.size() && mapping_->place(ranges[placed].offset, ranges[placed].length)) ++placed;
+    if (placed == ranges.size()) return;
+    // The file system refused direct reads: the rest of this read, and every later one, go
+    // through the page cache (sendfile, below).
+    read_mode_ = ReadMode::Sendfile;
+    ranges.erase(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(placed));
+  }
   for (const auto& r : ranges) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never

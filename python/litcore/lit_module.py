@@ -111,8 +111,8 @@ class LitModule:
         `read_mode` says how streamed weights are read: "sendfile" (default: the page cache
         through the file's readahead, no copy; fastest where reading is the bottleneck),
         "direct" (past the page cache into memory moved into place in the mapping: the budget
-        is the footprint in any file order, and what streams can be spread to hide under
-        compute; falls back to "sendfile" where the file system takes no direct reads),
+        is the footprint in any file order, at some speed; falls back to "sendfile" where the
+        file system takes no direct reads),
         "auto" ("direct" where it works, else "sendfile"), "pread" (the page cache with a
         copy), "populate" (page faults) or "exact" (readahead off).
         `threads`: prefetch reader threads (1-64). `verify`: checksums, "none" (default),

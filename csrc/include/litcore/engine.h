@@ -138,6 +138,8 @@ class Engine {
   std::vector<std::string> take_warnings();
 
  private:
+  // The plan for `order` under the budget, its window sized for the read groups there.
+  Plan plan_for(const std::vector<int>& order, const std::set<int>& ran, const PassRates& rates, int current_runs) const;
   void adopt_order_locked(const std::vector<int>& order);
   void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
   void switch_plan_locked(const Plan& plan);

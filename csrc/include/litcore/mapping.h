@@ -49,7 +49,8 @@ class Mapping {
   // no longer backs it (see fault_guard.h).
   void check_faults() const;
   // Drops the range from this process and from the page cache (MADV_DONTNEED +
-  // POSIX_FADV_DONTNEED); where pages were put in place, the file is mapped there again. The memory stays valid: a later access reads the file again.
+  // POSIX_FADV_DONTNEED); where pages were put in place, the file is mapped there again.
+  // The memory stays valid: a later access reads the file again.
   void release(uint64_t offset, uint64_t length) const;
   // Whether place() can work here: the file system takes direct reads (tmpfs does not).
   bool can_place() const;
@@ -73,6 +74,9 @@ class Mapping {
 
  private:
   void advise(uint64_t offset, uint64_t length, int advice, const char* what) const;
+  // drop_cache() over the page range [at, at + len) widened to whole large folios: a folio
+  // that straddles the range's edge is not dropped for a partial range.
+  void drop_cache_folios(uint64_t at, uint64_t len) const;
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

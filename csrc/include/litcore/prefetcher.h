@@ -63,7 +63,7 @@ struct PrefetchStats {
   uint64_t peak_in_flight_bytes = 0;
 };
 
-// How a unit is read: past the page cache into engine-owned pages put in place
+// How a unit is read: past the page cache into new memory put in place
 // (Mapping::place), or into the page cache (Mapping::fill_cache, then MADV_POPULATE_READ
 // maps the cached pages).
 enum class ReadMode {

@@ -198,6 +198,10 @@ def main() -> None:
                           args.baseline, args.prompt_tokens, args.litcore_read_mode)
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
+            elif system.startswith("litcore") and not limit and "error" not in row:
+                # The cold start's floor: the whole file at the disk's speed.
+                row["file_bytes"] = os.path.getsize(paths["lit"])
+                row["disk_bytes_per_s"] = disk_bandwidth(paths, row["file_bytes"], None)
             rows.append(row)
             print(report.one_line(row), flush=True)
     compare_exactness(rows)

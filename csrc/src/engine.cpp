@@ -28,7 +28,8 @@ std::vector<Stat> PassStats::fields() const {
           seconds("io_wait_seconds", io_wait_seconds),
           count("peak_in_flight_bytes", peak_in_flight_bytes),
           count("resident_bytes", resident_bytes),
-          count("streamed_runs", static_cast<uint64_t>(streamed_runs))};
+          count("streamed_runs", static_cast<uint64_t>(streamed_runs)),
+          count("budget_bytes", budget_bytes)};
 }
 
 const char* residency_name(Residency r) {
@@ -101,6 +102,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     for (const auto& names : tensors_) store_->verify_once(names);
   }
   budget_ = options_.memory_budget > 0 ? options_.memory_budget : auto_budget();
+  adapts_budget_ = options_.memory_budget == 0 && options_.adapt;
   for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
   plan_ = plan_for(order_, {}, {}, 1);
   if (options_.warm_up) {
@@ -233,11 +235,15 @@ void Engine::end(bool failed) {
       verify_streamed = plan_.streamed_order;  // the plan this forward ran
     }
     PassStats entry;
+    entry.budget_bytes = budget_;
     entry.forward_seconds = std::chrono::duration<double>(Clock::now() - started_).count();
     if (prefetcher_) {
       PrefetchStats s = prefetcher_->stats();
       bool mispredicted = s.mispredicts > 0;
-      if (recorded_ && !mispredicted && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
+      bool steady = recorded_ && !mispredicted;
+      // A new budget makes a new plan: its layout is measured once that has settled.
+      bool replanned = steady && !settling_ && adapt_budget_locked();
+      if (steady && !replanned && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
       if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
       // Taken again after a plan change: what it drops unused was read by this forward.
       s = prefetcher_->stats();
@@ -273,6 +279,37 @@ void Engine::adopt_order_locked(const std::vector<int>& order) {
   }
   order_ = order;
   switch_plan_locked(plan);
+}
+
+bool Engine::adapt_budget_locked() {
+  if (!adapts_budget_) return false;
+  auto mapping = store_->mapping();
+  MemoryRoom room = memory_room(mapping->in_memory_bytes(0, mapping->size()));
+  if (!room.limit) return false;
+  // Resident weights the kernel has evicted are memory the plan counts on and does not have.
+  uint64_t resident = 0, in_memory = 0;
+  for (int unit : plan_.resident) {
+    for (const auto& r : ranges_[unit]) {
+      resident += r.length;
+      in_memory += mapping->in_memory_bytes(r.offset, r.length);
+    }
+  }
+  room.free -= static_cast<int64_t>(resident - std::min(in_memory, resident));
+  // More than every weight changes nothing.
+  uint64_t transient = plan_.streams() ? mapping->readahead_reach() : 0;
+  uint64_t budget = std::min(adapted_budget(budget_, room, transient), std::max(plan_.total_bytes, budget_));
+  if (budget == budget_) return false;
+  uint64_t before = budget_;
+  budget_ = budget;
+  Plan plan;
+  try {
+    plan = plan_for(order_, ran_, rates_, plan_.runs);
+  } catch (const BudgetTooSmallError&) {
+    budget_ = before;  // shrinking further leaves no plan: the kernel evicts instead
+    return false;
+  }
+  switch_plan_locked(plan);
+  return true;
 }
 
 void Engine::relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats) {
@@ -316,6 +353,11 @@ void Engine::switch_plan_locked(const Plan& plan) {
     if (!before.count(i)) leaving.insert(leaving.end(), tensors_[i].begin(), tensors_[i].end());
   }
   if (!leaving.empty()) store_->release(leaving);
+}
+
+uint64_t Engine::budget() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return budget_;
 }
 
 bool Engine::streams() const {
@@ -378,7 +420,10 @@ std::vector<Stat> Engine::totals() const {
   }
   std::vector<Stat> out;
   for (const auto& s : sum.fields()) {
-    if (s.name != "peak_in_flight_bytes" && s.name != "resident_bytes" && s.name != "streamed_runs") out.push_back(s);
+    if (s.name != "peak_in_flight_bytes" && s.name != "resident_bytes" && s.name != "streamed_runs" &&
+        s.name != "budget_bytes") {
+      out.push_back(s);
+    }
   }
   return out;
 }

@@ -312,6 +312,21 @@ void Mapping::drop_cache(uint64_t offset, uint64_t length) const {
   if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
 }
 
+uint64_t Mapping::in_memory_bytes(uint64_t offset, uint64_t length) const {
+  uint64_t ps = page_size();
+  if (offset >= impl_->size || length == 0) return 0;
+  length = std::min(length, impl_->size - offset);
+  uint64_t first = offset / ps * ps;
+  uint64_t pages = (offset + length - first + ps - 1) / ps;
+  std::vector<unsigned char> in_core(static_cast<size_t>(pages));
+  if (mincore(impl_->addr + first, static_cast<size_t>(pages * ps), in_core.data()) != 0) {
+    throw IOError(errno_message("litcore: mincore failed on", impl_->path, errno), errno);
+  }
+  uint64_t n = 0;
+  for (unsigned char c : in_core) n += c & 1;
+  return std::min(n * ps, length);
+}
+
 bool Mapping::can_place() const { return impl_->direct_supported; }
 
 bool Mapping::place(uint64_t offset, uint64_t length) const {

@@ -302,7 +302,22 @@ namespace {
 struct CgroupMemory {
   uint64_t limit = 0;  // 0: no limit
   uint64_t usage = 0;  // what the cgroup is charged now (page cache included)
+  // Page cache on the inactive list: what the kernel reclaims first, once nothing maps it.
+  uint64_t inactive_file = 0;
 };
+
+// A value from a memory.stat file: `key` (v2, or v1's own) or "total_<key>" (v1, with the
+// cgroup's descendants: what its limit counts); 0 when absent.
+uint64_t memory_stat(const std::string& path, const std::string& key) {
+  std::ifstream f(path);
+  std::string name;
+  uint64_t value = 0, own = 0;
+  while (f >> name >> value) {
+    if (name == "total_" + key) return value;
+    if (name == key) own = value;
+  }
+  return own;
+}
 
 // The tightest memory limit among this process's cgroups (v1 or v2), with its usage.
 CgroupMemory tightest_cgroup() {
@@ -335,6 +350,7 @@ CgroupMemory tightest_cgroup() {
     if (limit && (!best.limit || limit < best.limit)) {
       best.limit = limit;
       best.usage = read_limit(dir + usage_file);
+      best.inactive_file = memory_stat(dir + "/memory.stat", "inactive_file");
     }
   }
   return best;
@@ -344,6 +360,23 @@ CgroupMemory tightest_cgroup() {
 
 uint64_t cgroup_limit() { return tightest_cgroup().limit; }
 
+namespace {
+
+// MemAvailable in bytes, or 0 when /proc/meminfo does not say.
+uint64_t mem_available() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  uint64_t kb;
+  std::string unit;
+  while (f >> key >> kb) {
+    std::getline(f, unit);
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
 uint64_t auto_budget() {
   std::vector<int64_t> candidates;
   CgroupMemory cg = tightest_cgroup();
@@ -351,19 +384,12 @@ uint64_t auto_budget() {
     // What the cgroup is charged, not our RSS: shared libraries already cached elsewhere
     // count in RSS but not against the limit. RSS is the fallback when usage is unreadable.
     uint64_t used = cg.usage ? cg.usage : current_rss();
+    // Inactive page cache (files read once before: the libraries' unused pages right after
+    // a cold import took 400 MiB of a 1200 MB limit) is the kernel's to reclaim at once.
+    if (cg.usage) used -= std::min(cg.inactive_file, used);
     candidates.push_back(static_cast<int64_t>(cg.limit) - static_cast<int64_t>(used));
   }
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  uint64_t kb;
-  std::string unit;
-  while (f >> key >> kb) {
-    std::getline(f, unit);
-    if (key == "MemAvailable:") {
-      candidates.push_back(static_cast<int64_t>(kb * 1024));
-      break;
-    }
-  }
+  if (uint64_t available = mem_available()) candidates.push_back(static_cast<int64_t>(available));
   if (candidates.empty()) return kNoLimit;
   int64_t headroom = std::max<int64_t>(*std::min_element(candidates.begin(), candidates.end()), 0);
   // Measured on a 1.1B model: after the budget is taken the interpreter still grows (lazy
@@ -371,8 +397,32 @@ uint64_t auto_budget() {
   // range: 25-55 MB beyond the budget under 1.2 and 2.4 GB limits. A 64 MiB floor made the
   // cgroup reclaim thousands of times per run; the growth does not scale with the limit,
   // so the margin takes 5% of larger headrooms only (10% kept 240 MB idle under 2.4 GB).
+  // After forwards have run, the engine moves an auto budget to what is really left
+  // (adapted_budget).
   int64_t margin = std::max<int64_t>(128ll << 20, headroom / 20);
   return static_cast<uint64_t>(std::max<int64_t>(headroom - margin, 0));
+}
+
+MemoryRoom memory_room(uint64_t own_cache) {
+  CgroupMemory cg = tightest_cgroup();
+  if (!cg.limit || !cg.usage) return {};
+  // Other files' inactive page cache is room (the kernel reclaims it first); how much of
+  // the inactive list is the weight file's own is not known, so all of `own_cache` counts
+  // as inactive: the room is never overstated.
+  uint64_t reclaimable = cg.inactive_file - std::min(cg.inactive_file, own_cache);
+  int64_t room = static_cast<int64_t>(cg.limit) - static_cast<int64_t>(cg.usage) + static_cast<int64_t>(reclaimable);
+  if (uint64_t available = mem_available()) room = std::min(room, static_cast<int64_t>(available));
+  return {cg.limit, room};
+}
+
+uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transient) {
+  if (!room.limit) return budget;
+  int64_t reserve = std::max<int64_t>(kAutoReserveFloor, static_cast<int64_t>(room.limit / 128)) +
+                    static_cast<int64_t>(transient);
+  // Within [reserve / 2, 2 x reserve] the budget stays: a plan does not change for a few
+  // megabytes of allocator noise between forwards.
+  if (room.free >= reserve / 2 && room.free <= 2 * reserve) return budget;
+  return static_cast<uint64_t>(std::max<int64_t>(static_cast<int64_t>(budget) + room.free - reserve, 0));
 }
 
 }  // namespace litcore

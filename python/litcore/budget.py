@@ -2,10 +2,12 @@
 
 "auto" is what this process may still use: the smaller of the cgroup's limit (v2
 `memory.max`, v1 `memory.limit_in_bytes`) minus what the cgroup is charged now
-(`memory.current` / `memory.usage_in_bytes`, page cache included), and the system's
-`MemAvailable`; minus a margin of max(128 MiB, 5%) for activations and allocator slack.
-Page cache counts against cgroup limits, which is why litcore budgets mapped weight pages
-and drops streamed pages right after use.
+(`memory.current` / `memory.usage_in_bytes`, page cache included, less the page cache on
+the inactive list, which the kernel reclaims first), and the system's `MemAvailable`; minus
+a margin of max(128 MiB, 5%) for activations and allocator slack. Page cache counts against
+cgroup limits, which is why litcore budgets mapped weight pages and drops streamed pages
+right after use. Under a cgroup limit the engine then moves an "auto" budget after each
+forward to what the cgroup has left (see `LitModule.from_params`).
 """
 from __future__ import annotations
 

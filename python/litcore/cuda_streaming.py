@@ -321,6 +321,7 @@ class CudaRuntime:
                 self.streamer.set_order(self._order)
         entry["resident_bytes"] = self.device_plan.resident_bytes
         entry["streamed_runs"] = self.device_plan.runs
+        entry["budget_bytes"] = self.budget  # the host budget: it does not adapt on this path
         self._passes.append(entry)
 
     # ---- plan and statistics ------------------------------------------------------------

@@ -92,7 +92,9 @@ class LitModule:
             self.engine = CudaRuntime(module, store, binding, self.device, memory_budget=budget,
                                       gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode)
         else:
-            self.engine = Engine(store, binding.specs(module), memory_budget=budget, threads=threads,
+            # 0 is "auto" to the engine, which then moves the budget to what memory is left.
+            auto = memory_budget is None or (isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto")
+            self.engine = Engine(store, binding.specs(module), memory_budget=0 if auto else budget, threads=threads,
                                  read_mode=read_mode, verify=verify)
         hooked = {i: binding.units[i].module for i in self.engine.hooked_units()}
         self._handles = hooks.install(module, hooked, self.engine, self._report)
@@ -105,7 +107,9 @@ class LitModule:
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
 
-        `memory_budget` bounds host memory for weights; with `device="cuda"`,
+        `memory_budget` bounds host memory for weights (bytes, "1.5GiB", or "auto": what
+        memory is left, less a margin; under a cgroup limit an "auto" budget then follows
+        what the cgroup has left after each forward); with `device="cuda"`,
         `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
         the GPU, and the rest streams through pinned buffers on a copy stream.
         `read_mode` says how streamed weights are read: "sendfile" (default: the page cache

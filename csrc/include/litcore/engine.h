@@ -67,6 +67,7 @@ struct PassStats {
   uint64_t peak_in_flight_bytes = 0;
   uint64_t resident_bytes = 0;   // under the plan this forward ran
   int streamed_runs = 0;
+  uint64_t budget_bytes = 0;     // the budget the forward ran under
   std::vector<Stat> fields() const;
 };
 
@@ -126,7 +127,9 @@ class Engine {
   std::vector<ModulePlacement> placements() const;
   const std::vector<Unit>& units() const { return units_; }
   std::vector<int> order() const;
-  uint64_t budget() const { return budget_; }
+  // Bytes for weights now: an auto budget moves after forwards to what the cgroup has left
+  // (adapted_budget, residency.h); a given one never changes.
+  uint64_t budget() const;
   std::vector<PassStats> passes() const;
   // The plan's figures, the warm-up's, and the reader's (direct_reads: 1 when streamed
   // weights are read past the page cache into memory put in place, placed_bytes of it in
@@ -141,6 +144,9 @@ class Engine {
   // The plan for `order` under the budget, its window sized for the read groups there.
   Plan plan_for(const std::vector<int>& order, const std::set<int>& ran, const PassRates& rates, int current_runs) const;
   void adopt_order_locked(const std::vector<int>& order);
+  // An auto budget moved to what the memory cgroup has left after a forward; true when it
+  // changed (and the plan with it).
+  bool adapt_budget_locked();
   void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
   void switch_plan_locked(const Plan& plan);
   void abandon_locked();
@@ -156,6 +162,7 @@ class Engine {
   EngineOptions options_;
   std::unique_ptr<DeviceBackend> backend_;
   uint64_t budget_ = 0;
+  bool adapts_budget_ = false;  // "auto", with adaptation on
 
   mutable std::mutex mu_;
   Plan plan_;

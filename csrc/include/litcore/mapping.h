@@ -67,6 +67,8 @@ class Mapping {
   // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,
   // in use or read ahead into a unit, stay. For what the kernel's readahead read past a read.
   void drop_cache(uint64_t offset, uint64_t length) const;
+  // Bytes of the range in memory now (mincore): what the kernel has not evicted of it.
+  uint64_t in_memory_bytes(uint64_t offset, uint64_t length) const;
   // How far the kernel's readahead of this file can run past a read: twice the device's
   // readahead window (read_ahead_kb of its block device, 8 MiB where that is unknown), plus
   // a large folio.

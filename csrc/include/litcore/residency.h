@@ -86,6 +86,31 @@ Plan make_host_plan(const std::vector<Unit>& units, const Plan& device_plan, uin
 // MemAvailable, minus max(128 MiB, 5%) for activations and allocator slack; 2^60 (no limit)
 // when neither is known.
 uint64_t auto_budget();
+
+// What the tightest memory cgroup has left: its limit minus what it is charged now (page
+// cache included) plus other files' inactive page cache, at most MemAvailable. `own_cache`:
+// the weight file's bytes in page cache. `limit` is 0 when no cgroup limits this process.
+struct MemoryRoom {
+  uint64_t limit = 0;
+  int64_t free = 0;
+};
+MemoryRoom memory_room(uint64_t own_cache);
+
+// The least an auto budget leaves free in its cgroup once forwards have run (or 1/128 of
+// the limit, if more): room for the interpreter's and the activations' growth before the
+// next forward's end. Resident weights are clean file pages, so running short costs the
+// kernel evicting a few of them (read again on use, as a memory-mapped model is), not an
+// out-of-memory kill; the next adaptation then gives the memory back.
+constexpr int64_t kAutoReserveFloor = 16ll << 20;
+
+// An auto budget after a forward, given what the cgroup has left then: grown into free
+// memory beyond twice the reserve, shrunk when less than half of it is left (what the
+// process itself grew by, or another process in the cgroup took), so that the reserve is
+// what stays free. `transient`: memory a forward takes and gives back before its end, on
+// top of the reserve (while weights stream, what the kernel's readahead reads past a read).
+// Unchanged without a cgroup limit: MemAvailable counts the weights' own page cache as
+// available and cannot tell how much of it is ours.
+uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transient = 0);
 uint64_t current_rss();
 // The tightest memory limit of this process's cgroups (v1 or v2), or 0 when none.
 uint64_t cgroup_limit();

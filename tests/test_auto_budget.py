@@ -1,0 +1,147 @@
+"""The "auto" budget in a real memory cgroup: it moves to what the cgroup has left once
+forwards have run (grows until every weight is resident when that fits, shrinks when the
+process takes memory back), counts other files' inactive page cache as room, and a given
+budget never moves. Outputs stay bit-exact through every change of plan."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import litcore
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import cgroup  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not cgroup.available(), reason="memory cgroups cannot be created here")
+
+CONFIG = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=4,
+              vocab_size=16000)
+MiB = 1 << 20
+
+CHILD = """
+import json, os, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+import transformers.models.llama.modeling_llama  # imports are not the model's footprint
+import litcore
+
+def group():
+    for line in open("/proc/self/cgroup"):
+        _, controllers, path = line.strip().split(":", 2)
+        if "memory" in controllers.split(","):
+            return "/sys/fs/cgroup/memory" + path
+
+def read(name):
+    return int(open(os.path.join(group(), name)).read().split()[0])
+
+config = LlamaConfig(**json.loads(sys.argv[1]))
+ids = torch.load(sys.argv[3])
+torch.ones(64, 64) @ torch.ones(64, 64)  # kernels loaded before the measurement
+before = read("memory.usage_in_bytes")
+lit = litcore.LitModule.from_params(sys.argv[2], lambda: LlamaForCausalLM(config), memory_budget=sys.argv[4])
+logits = [lit(ids).logits for _ in range(5)]
+grown = lit.stats()
+ballast = None
+if int(sys.argv[5]):
+    # The process takes memory back: anonymous memory the kernel cannot evict.
+    ballast = torch.ones(int(sys.argv[5]) // 4)
+    logits += [lit(ids).logits for _ in range(4)]
+torch.save(logits, sys.argv[6])
+passes = lit.engine.passes()
+print(json.dumps({"before": before, "limit": read("memory.limit_in_bytes"), "budgets": [p["budget_bytes"] for p in passes],
+                  "grown": grown["streamed_bytes_per_forward"], "resident_grown": grown["resident_bytes"],
+                  "streamed": lit.stats()["streamed_bytes_per_forward"], "weights": grown["weight_bytes"],
+                  "lookup": grown["lookup_bytes"], "failcnt": read("memory.failcnt")}))
+"""
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tmp = tmp_path_factory.mktemp("auto_budget")
+    torch.manual_seed(0)
+    ref = LlamaForCausalLM(LlamaConfig(**CONFIG)).eval()
+    litcore.save(ref.state_dict(), tmp / "model.lit")
+    ids = torch.randint(3, CONFIG["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(1))
+    torch.save(ids, tmp / "ids.pt")
+    with torch.no_grad():
+        want = ref(ids).logits
+    return tmp, want
+
+
+def _run(tmp, budget: str, limit=None, ballast: int = 0):
+    cgroup.evict([str(tmp / "model.lit")])
+    out = cgroup.run([sys.executable, "-c", CHILD, json.dumps(CONFIG), str(tmp / "model.lit"), str(tmp / "ids.pt"),
+                      budget, str(ballast), str(tmp / "logits.pt")], limit)
+    assert out.returncode == 0 and not out.oom_killed, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), torch.load(tmp / "logits.pt")
+
+
+def _limit_just_short_of_resident(tmp):
+    """A limit under which "auto" first streams (its first margin is 128 MiB) although every
+    weight fits with ~80 MiB to spare once the process has settled: a 2.4 GB limit for a
+    2.2 GB model is this case."""
+    free, _ = _run(tmp, "1GiB")  # everything resident, no limit: what the process needs
+    resident = free["weights"] - free["lookup"]
+    return free["before"] + resident + 80 * MiB, resident
+
+
+def test_auto_grows_until_every_weight_is_resident(model):
+    tmp, want = model
+    limit, resident = _limit_just_short_of_resident(tmp)
+    result, logits = _run(tmp, "auto", limit)
+    budgets = result["budgets"]
+    assert budgets[0] < resident, result  # the first plan streams...
+    assert result["grown"] == 0 and result["resident_grown"] == resident, result  # ...a later one does not
+    assert budgets[-1] >= resident and budgets == sorted(budgets), result
+    assert result["failcnt"] <= 16, result
+    for out in logits:
+        assert torch.equal(out, want)
+
+
+def test_auto_shrinks_when_the_process_takes_memory_back(model):
+    tmp, want = model
+    limit, resident = _limit_just_short_of_resident(tmp)
+    result, logits = _run(tmp, "auto", limit, ballast=160 * MiB)
+    budgets = result["budgets"]
+    assert result["grown"] == 0, result
+    # The kernel evicted resident weights to make room; the budget gave that memory back.
+    assert budgets[-1] <= resident - 64 * MiB and result["streamed"] > 0, result
+    for out in logits:
+        assert torch.equal(out, want)
+
+
+def test_a_given_budget_never_moves(model):
+    tmp, want = model
+    limit, _ = _limit_just_short_of_resident(tmp)
+    budget = 96 * MiB
+    result, logits = _run(tmp, str(budget), limit)
+    assert result["budgets"] == [budget] * len(result["budgets"]), result
+    for out in logits:
+        assert torch.equal(out, want)
+
+
+READER = """
+import json, os, sys
+import litcore
+before = litcore.budget.auto_budget()
+with open(sys.argv[1], "rb") as f:  # a file read once: inactive page cache, charged here
+    while f.read(8 << 20):
+        pass
+print(json.dumps({"before": before, "after": litcore.budget.auto_budget()}))
+"""
+
+
+def test_auto_counts_other_files_inactive_page_cache_as_room(tmp):
+    path = tmp / "data.bin"
+    with open(path, "wb") as f:
+        for _ in range(32):
+            f.write(os.urandom(8 * MiB))
+    cgroup.evict([str(path)])
+    out = cgroup.run([sys.executable, "-c", READER, str(path)], 2 << 30)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # 256 MiB more page cache is charged to the cgroup, and the budget hardly moves.
+    assert abs(result["before"] - result["after"]) < 32 * MiB, result

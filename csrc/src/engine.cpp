@@ -295,6 +295,9 @@ bool Engine::adapt_budget_locked() {
     }
   }
   room.free -= static_cast<int64_t>(resident - std::min(in_memory, resident));
+  // So is the part of the window the reader does not hold right now: it fills it again.
+  uint64_t in_flight = prefetcher_->stats().in_flight_bytes;
+  room.free -= static_cast<int64_t>(plan_.window_bytes - std::min(in_flight, plan_.window_bytes));
   // More than every weight changes nothing.
   uint64_t transient = plan_.streams() ? mapping->readahead_reach() : 0;
   uint64_t budget = std::min(adapted_budget(budget_, room, transient), std::max(plan_.total_bytes, budget_));

@@ -103,6 +103,8 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   }
   budget_ = options_.memory_budget > 0 ? options_.memory_budget : auto_budget();
   adapts_budget_ = options_.memory_budget == 0 && options_.adapt;
+  if (adapts_budget_) peak_ = std::make_unique<CgroupPeak>();
+  if (peak_ && !peak_->usable()) peak_.reset();
   for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
   plan_ = plan_for(order_, {}, {}, 1);
   if (options_.warm_up) {
@@ -165,6 +167,7 @@ void Engine::begin(bool restart) {
   // A second reader beside the forward's own would slow both (one stream reads at the
   // disk's speed, two interleaved at well under half): the warm-up steps aside.
   if (warmup_) warmup_->stop();
+  if (peak_) peak_->reset();
   pass_order_.clear();
   open_.clear();
   started_ = Clock::now();
@@ -295,11 +298,22 @@ bool Engine::adapt_budget_locked() {
     }
   }
   room.free -= static_cast<int64_t>(resident - std::min(in_memory, resident));
-  // So is the part of the window the reader does not hold right now: it fills it again.
-  uint64_t in_flight = prefetcher_->stats().in_flight_bytes;
-  room.free -= static_cast<int64_t>(plan_.window_bytes - std::min(in_flight, plan_.window_bytes));
-  // More than every weight changes nothing.
+  // While anything streams, the kernel's readahead past each read moves the peak from one
+  // forward to the next by about its reach: measured or not, that is kept free too.
   uint64_t transient = plan_.streams() ? mapping->readahead_reach() : 0;
+  uint64_t peak = peak_ ? peak_->read() : 0;
+  if (peak) {
+    // The forward's own peak: what it took and gave back before its end included.
+    int64_t at_peak = static_cast<int64_t>(room.limit) - static_cast<int64_t>(peak) +
+                      static_cast<int64_t>(room.reclaimable);
+    room.free = std::min(room.free, at_peak - static_cast<int64_t>(resident - std::min(in_memory, resident)));
+  } else {
+    // Only the usage now: the part of the window the reader does not hold at this moment
+    // fills again.
+    uint64_t in_flight = prefetcher_->stats().in_flight_bytes;
+    room.free -= static_cast<int64_t>(plan_.window_bytes - std::min(in_flight, plan_.window_bytes));
+  }
+  // More than every weight changes nothing.
   uint64_t budget = std::min(adapted_budget(budget_, room, transient), std::max(plan_.total_bytes, budget_));
   if (budget == budget_) return false;
   uint64_t before = budget_;
@@ -309,6 +323,12 @@ bool Engine::adapt_budget_locked() {
     plan = plan_for(order_, ran_, rates_, plan_.runs);
   } catch (const BudgetTooSmallError&) {
     budget_ = before;  // shrinking further leaves no plan: the kernel evicts instead
+    return false;
+  }
+  if (budget > before && plan.resident == plan_.resident) {
+    // A budget that buys no residency stays where it was: raised anyway, it would ratchet
+    // up forward after forward with nothing to show for it in the usage it is measured by.
+    budget_ = before;
     return false;
   }
   switch_plan_locked(plan);

@@ -124,9 +124,25 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed[g] == streamed_[g] && !order_.empty()) continue;
     for (const auto& r : units_[g]) {
-      if (!streamed[g]) mapping_->normal_access(r.offset, r.length);
-      else if (options_.on_demand[g]) mapping_->random_access(r.offset, r.length);
-      else if (!direct()) mapping_->sequential_access(r.offset, r.length);
+      if (!streamed[g] && bytes_[g] < kSmallUnit) {
+        // A small resident unit (a norm between streamed projections) faults only its own
+        // pages: read-around would read megabytes of its streamed neighbours for nothing.
+        mapping_->random_access(r.offset, r.length);
+        // And its pages sit in page-cache folios of their own: a large folio read ahead
+        // across it with its neighbours' bytes could not be dropped while it is mapped.
+        try {
+          mapping_->release(r.offset, r.length);
+          mapping_->fill_cache_exact(r.offset, r.length);
+        } catch (const std::exception&) {
+          // An unreadable file fails the forward that faults the page, naming the file.
+        }
+      } else if (!streamed[g]) {
+        mapping_->normal_access(r.offset, r.length);
+      } else if (options_.on_demand[g]) {
+        mapping_->random_access(r.offset, r.length);
+      } else if (!direct()) {
+        mapping_->sequential_access(r.offset, r.length);
+      }
     }
   }
   streamed_ = streamed;

@@ -163,6 +163,7 @@ class Engine {
   std::unique_ptr<DeviceBackend> backend_;
   uint64_t budget_ = 0;
   bool adapts_budget_ = false;  // "auto", with adaptation on
+  std::unique_ptr<CgroupPeak> peak_;  // per forward, where the cgroup lets us measure it
 
   mutable std::mutex mu_;
   Plan plan_;

@@ -93,8 +93,27 @@ uint64_t auto_budget();
 struct MemoryRoom {
   uint64_t limit = 0;
   int64_t free = 0;
+  uint64_t reclaimable = 0;  // of `free`: other files' inactive page cache
 };
 MemoryRoom memory_room(uint64_t own_cache);
+
+// The tightest memory cgroup's peak charge since reset(), where this process may reset it:
+// cgroup v1's memory.max_usage_in_bytes (root), v2's memory.peak (kernel 6.12+: a write
+// starts a new peak seen through that open file). What a forward takes and gives back
+// before its end (readahead, the window filling, activations) shows in the peak only.
+class CgroupPeak {
+ public:
+  CgroupPeak();
+  ~CgroupPeak();
+  CgroupPeak(const CgroupPeak&) = delete;
+  CgroupPeak& operator=(const CgroupPeak&) = delete;
+  bool usable() const { return fd_ >= 0; }
+  void reset();
+  uint64_t read() const;  // 0 when unreadable
+
+ private:
+  int fd_ = -1;
+};
 
 // The least an auto budget leaves free in its cgroup once forwards have run (or 1/128 of
 // the limit, if more): room for the interpreter's and the activations' growth before the

@@ -13,6 +13,7 @@ import litcore
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import cgroup  # noqa: E402
+import own_cgroup  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not cgroup.available(), reason="memory cgroups cannot be created here")
 
@@ -20,20 +21,12 @@ CONFIG = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_
               vocab_size=16000)
 MiB = 1 << 20
 
-CHILD = """
+CHILD = own_cgroup.IMPORT + """
 import json, os, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 import transformers.models.llama.modeling_llama  # imports are not the model's footprint
 import litcore
-
-def group():
-    for line in open("/proc/self/cgroup"):
-        _, controllers, path = line.strip().split(":", 2)
-        if "memory" in controllers.split(","):
-            return "/sys/fs/cgroup/memory" + path
-
-def read(name):
-    return int(open(os.path.join(group(), name)).read().split()[0])
+from own_cgroup import group, read
 
 config = LlamaConfig(**json.loads(sys.argv[1]))
 ids = torch.load(sys.argv[3])

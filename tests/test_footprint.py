@@ -20,6 +20,7 @@ import litcore
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import cgroup  # noqa: E402
+import own_cgroup  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not cgroup.available(), reason="memory cgroups cannot be created here")
 
@@ -27,23 +28,12 @@ CONFIG = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=16, num
               vocab_size=16000)
 BUDGET = 64 << 20
 
-CHILD = """
+CHILD = own_cgroup.IMPORT + """
 import json, os, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 import transformers.models.llama.modeling_llama  # imports are not the model's footprint
 import litcore
-
-def group():
-    for line in open("/proc/self/cgroup"):
-        _, controllers, path = line.strip().split(":", 2)
-        if "memory" in controllers.split(","):
-            return "/sys/fs/cgroup/memory" + path
-
-def read(name):
-    return int(open(os.path.join(group(), name)).read().split()[0])
-
-def stat():
-    return dict((k, int(v)) for k, v in (l.split() for l in open(os.path.join(group(), "memory.stat"))))
+from own_cgroup import group, read, stat
 
 config = LlamaConfig(**json.loads(sys.argv[1]))
 ids = torch.randint(3, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))

@@ -76,24 +76,27 @@ def floor_table(rows: List[Dict]) -> str:
     cold = ["| system | file (GB) | disk, measured after (GB/s) | floor: file / disk + compute (s) | "
             "ready + first forward (s) | ratio |", "|" + "---|" * 6]
     for r in rows:
-        if not r["system"].startswith("litcore") or not r.get("limit_mb") or "error" in r:
-            if r.get("file_bytes") and r.get("disk_bytes_per_s") and "error" not in r:
-                speeds = r["disk_bytes_per_s"]
-                floor = r["file_bytes"] / (sum(speeds) / len(speeds)) + compute_forward
-                took = r["ready_s"] + r["first_forward_s"]
-                cold.append(f"| {r['system']} | {r['file_bytes'] / 1e9:.2f} | {' / '.join(f'{v / 1e9:.2f}' for v in speeds)} | "
-                            f"{floor:.2f} | {took:.2f} | {took / floor:.2f}x |")
+        if not r["system"].startswith("litcore") or "error" in r:
             continue
         speeds = r.get("disk_bytes_per_s") or []
+        bandwidth = sum(speeds) / len(speeds) if speeds else 0.0
+        shown = " / ".join(f"{v / 1e9:.2f}" for v in speeds) or "—"
+        if not r.get("limit_mb"):
+            if r.get("file_bytes") and speeds:
+                floor = r["file_bytes"] / bandwidth + compute_forward
+                took = r["ready_s"] + r["first_forward_s"]
+                cold.append(f"| {r['system']} | {r['file_bytes'] / 1e9:.2f} | {shown} | {floor:.2f} | {took:.2f} | "
+                            f"{took / floor:.2f}x |")
+            continue
         if r.get("streamed_bytes_per_forward") and not speeds:
             continue  # the probe failed: no floor to show
-        io = r["streamed_bytes_per_forward"] / (sum(speeds) / len(speeds)) if speeds else 0.0
+        io = r["streamed_bytes_per_forward"] / bandwidth if speeds else 0.0
         floor_forward = max(compute_forward, io)
         floor_tok_s = 1 / max(compute_token, io)
         regime = ("—" if ref is None else "all resident" if io == 0 else "IO-bound" if io > compute_forward
                   else "compute-bound")
         lines.append(f"| {r['system']} | {r['limit_mb']} MB | {regime} | {r['streamed_bytes_per_forward'] / 1e9:.2f} | "
-                     f"{' / '.join(f'{v / 1e9:.2f}' for v in speeds) or '—'} | {floor_forward:.2f} | "
+                     f"{shown} | {floor_forward:.2f} | "
                      f"{r['steady_forward_s']:.2f} | {r['steady_forward_s'] / floor_forward:.2f}x | {floor_tok_s:.2f} | "
                      f"{r['generate_tok_s']:.2f} | {floor_tok_s / r['generate_tok_s']:.2f}x |")
     out = "\n".join(lines) if len(lines) > 2 else ""

@@ -287,32 +287,27 @@ void Engine::adopt_order_locked(const std::vector<int>& order) {
 bool Engine::adapt_budget_locked() {
   if (!adapts_budget_) return false;
   auto mapping = store_->mapping();
-  MemoryRoom room = memory_room(mapping->in_memory_bytes(0, mapping->size()));
+  Mapping::PagesInMemory in_memory = mapping->pages_in_memory();
+  MemoryRoom room = memory_room(in_memory.bytes(0, mapping->size()));
   if (!room.limit) return false;
-  // Resident weights the kernel has evicted are memory the plan counts on and does not have.
-  uint64_t resident = 0, in_memory = 0;
-  for (int unit : plan_.resident) {
-    for (const auto& r : ranges_[unit]) {
-      resident += r.length;
-      in_memory += mapping->in_memory_bytes(r.offset, r.length);
-    }
-  }
-  room.free -= static_cast<int64_t>(resident - std::min(in_memory, resident));
-  // While anything streams, the kernel's readahead past each read moves the peak from one
-  // forward to the next by about its reach: measured or not, that is kept free too.
-  uint64_t transient = plan_.streams() ? mapping->readahead_reach() : 0;
   uint64_t peak = peak_ ? peak_->read() : 0;
   if (peak) {
     // The forward's own peak: what it took and gave back before its end included.
-    int64_t at_peak = static_cast<int64_t>(room.limit) - static_cast<int64_t>(peak) +
-                      static_cast<int64_t>(room.reclaimable);
-    room.free = std::min(room.free, at_peak - static_cast<int64_t>(resident - std::min(in_memory, resident)));
+    room.free = std::min(room.free, static_cast<int64_t>(room.limit) - static_cast<int64_t>(peak) +
+                                        static_cast<int64_t>(room.reclaimable));
   } else {
     // Only the usage now: the part of the window the reader does not hold at this moment
     // fills again.
     uint64_t in_flight = prefetcher_->stats().in_flight_bytes;
     room.free -= static_cast<int64_t>(plan_.window_bytes - std::min(in_flight, plan_.window_bytes));
   }
+  // Resident weights the kernel has evicted are memory the plan counts on and does not have.
+  for (int unit : plan_.resident) {
+    for (const auto& r : ranges_[unit]) room.free -= static_cast<int64_t>(r.length - in_memory.bytes(r.offset, r.length));
+  }
+  // While anything streams, the kernel's readahead past each read moves the peak from one
+  // forward to the next by about its reach: measured or not, that is kept free too.
+  uint64_t transient = plan_.streams() ? mapping->readahead_reach() : 0;
   // More than every weight changes nothing.
   uint64_t budget = std::min(adapted_budget(budget_, room, transient), std::max(plan_.total_bytes, budget_));
   if (budget == budget_) return false;

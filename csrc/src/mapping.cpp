@@ -312,19 +312,21 @@ void Mapping::drop_cache(uint64_t offset, uint64_t length) const {
   if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
 }
 
-uint64_t Mapping::in_memory_bytes(uint64_t offset, uint64_t length) const {
+Mapping::PagesInMemory Mapping::pages_in_memory() const {
   uint64_t ps = page_size();
-  if (offset >= impl_->size || length == 0) return 0;
-  length = std::min(length, impl_->size - offset);
-  uint64_t first = offset / ps * ps;
-  uint64_t pages = (offset + length - first + ps - 1) / ps;
-  std::vector<unsigned char> in_core(static_cast<size_t>(pages));
-  if (mincore(impl_->addr + first, static_cast<size_t>(pages * ps), in_core.data()) != 0) {
+  std::vector<unsigned char> pages(static_cast<size_t>((impl_->size + ps - 1) / ps));
+  if (!pages.empty() && mincore(impl_->addr, static_cast<size_t>(pages.size() * ps), pages.data()) != 0) {
     throw IOError(errno_message("litcore: mincore failed on", impl_->path, errno), errno);
   }
+  return PagesInMemory(std::move(pages), ps, impl_->size);
+}
+
+uint64_t Mapping::PagesInMemory::bytes(uint64_t offset, uint64_t length) const {
+  if (offset >= size_ || length == 0) return 0;
+  length = std::min(length, size_ - offset);
   uint64_t n = 0;
-  for (unsigned char c : in_core) n += c & 1;
-  return std::min(n * ps, length);
+  for (uint64_t p = offset / page_; p < (offset + length + page_ - 1) / page_; ++p) n += pages_[p] & 1;
+  return std::min(n * page_, length);
 }
 
 bool Mapping::can_place() const { return impl_->direct_supported; }

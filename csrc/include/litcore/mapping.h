@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace litcore {
 
@@ -67,8 +69,20 @@ class Mapping {
   // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,
   // in use or read ahead into a unit, stay. For what the kernel's readahead read past a read.
   void drop_cache(uint64_t offset, uint64_t length) const;
-  // Bytes of the range in memory now (mincore): what the kernel has not evicted of it.
-  uint64_t in_memory_bytes(uint64_t offset, uint64_t length) const;
+  // Which of the file's pages are in memory now (one mincore over the whole mapping).
+  class PagesInMemory {
+   public:
+    PagesInMemory(std::vector<unsigned char> pages, uint64_t page, uint64_t size)
+        : pages_(std::move(pages)), page_(page), size_(size) {}
+    // Bytes of [offset, offset + length) in memory: what the kernel has not evicted of it.
+    uint64_t bytes(uint64_t offset, uint64_t length) const;
+
+   private:
+    std::vector<unsigned char> pages_;
+    uint64_t page_;
+    uint64_t size_;
+  };
+  PagesInMemory pages_in_memory() const;
   // How far the kernel's readahead of this file can run past a read: twice the device's
   // readahead window (read_ahead_kb of its block device, 8 MiB where that is unknown), plus
   // a large folio.

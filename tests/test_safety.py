@@ -77,6 +77,35 @@ def test_prefetcher_with_threads_waiting_and_releasing(tmp):
         assert torch.equal(store[k], v)
 
 
+def test_a_unit_made_resident_while_it_is_read_gives_back_its_window(tmp):
+    # A new plan (set_order) can make resident a unit the reader is reading at that moment.
+    # Its share of the window must come back when the read ends: kept, it would shrink the
+    # window for every later forward (a 1.1B model's reader then waited on each MLP
+    # projection in turn).
+    litcore.save(_tensors(n=8, size=2 << 20), tmp / "w.lit")  # 8 MiB each
+    store = litcore.Store(tmp / "w.lit")
+    units = [store.native.byte_ranges([k]) for k in store]
+    pf = litcore._C.Prefetcher(store.native, units, 4 * (8 << 20), 1, "sendfile")
+    everything = list(range(len(units)))
+    for _ in range(20):
+        pf.set_order(everything)  # the reader starts on the first units at once
+        pf.set_order([])  # every unit resident now, some of them mid-read
+        deadline = time.monotonic() + 5
+        while pf.stats()["in_flight_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pf.stats()["in_flight_bytes"] == 0
+    # Streamed again, every unit can be waited for and done with, and the window empties.
+    pf.set_order(everything)
+    for g in everything:
+        pf.wait(g)
+        pf.done(g)
+    pf.set_order([])
+    deadline = time.monotonic() + 5
+    while pf.stats()["in_flight_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pf.stats()["in_flight_bytes"] == 0
+
+
 def test_processes_share_page_cache_and_bytes(tmp):
     tensors = _tensors(n=8, size=1 << 20)  # 32 MiB
     litcore.save(tensors, tmp / "w.lit")

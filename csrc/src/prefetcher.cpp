@@ -249,9 +249,18 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
   lock.lock();
   for (size_t i = 0; i < units.size(); ++i) {
     int unit = units[i];
+    if (cost_[unit] > 0) unbilled_[unit] = true;
+    if (!streamed_[unit]) {
+      // A new plan made it resident while it was read: its pages stay, and its share of the
+      // window is given back (kept, it would shrink the window for good: set_order() only
+      // settles units that were ready when it ran).
+      bill_locked(unit);
+      in_flight_ -= cost_[unit];
+      state_[unit] = State::Idle;
+      continue;
+    }
     error_[unit] = error ? error : errors[i];
     state_[unit] = State::Ready;
-    if (cost_[unit] > 0) unbilled_[unit] = true;
   }
   if (cost > 0) {
     stats_.timed_bytes += cost;
@@ -361,7 +370,7 @@ void Prefetcher::wait(int unit) {
   bool hit = state_[unit] == State::Ready;
   // Reserve the unit first: a done() from another thread must not drop it under us.
   ++in_use_[unit];
-  while (!stop_ && state_[unit] != State::Ready) {
+  while (!stop_ && streamed_[unit] && state_[unit] != State::Ready) {
     if (state_[unit] == State::Idle) {
       load_unlocked({unit}, lock);
     } else {
@@ -389,8 +398,10 @@ void Prefetcher::wait(int unit) {
 void Prefetcher::done(int unit) {
   check_unit(unit);
   std::unique_lock<std::mutex> lock(mu_);
-  if (!streamed_[unit]) return;
+  // Counted down for a unit made resident while in use too: streamed again later, a stale
+  // count would keep it from ever being dropped.
   if (in_use_[unit] > 0) --in_use_[unit];
+  if (!streamed_[unit]) return;
   if (in_use_[unit] == 0 && state_[unit] == State::Ready) {
     // The drop (unmapping and evicting megabytes) runs without the lock: under it, the
     // reader could not start its next read for as long (measured ~1 ms per 23 MB module).

@@ -1,7 +1,7 @@
 """The "auto" budget in a real memory cgroup: it moves to what the cgroup has left once
-forwards have run (grows until every weight is resident when that fits, shrinks when the
-process takes memory back), counts other files' inactive page cache as room, and a given
-budget never moves. Outputs stay bit-exact through every change of plan."""
+forwards have run (grows until every weight is resident when that fits, other files' page
+cache reclaimed for it, shrinks when the process takes memory back), counts other files'
+inactive page cache as room, and a given budget never moves. Outputs stay bit-exact through every change of plan."""
 import json
 import os
 import sys
@@ -32,6 +32,10 @@ config = LlamaConfig(**json.loads(sys.argv[1]))
 ids = torch.load(sys.argv[3])
 torch.ones(64, 64) @ torch.ones(64, 64)  # kernels loaded before the measurement
 before = read("memory.usage_in_bytes")
+for _ in range(2 if sys.argv[7] else 0):  # another file read twice: active page cache, charged here
+    with open(sys.argv[7], "rb") as f:
+        while f.read(8 << 20):
+            pass
 lit = litcore.LitModule.from_params(sys.argv[2], lambda: LlamaForCausalLM(config), memory_budget=sys.argv[4])
 logits = [lit(ids).logits for _ in range(5)]
 grown = lit.stats()
@@ -64,10 +68,10 @@ def model(tmp_path_factory):
     return tmp, want
 
 
-def _run(tmp, budget: str, limit=None, ballast: int = 0):
-    cgroup.evict([str(tmp / "model.lit")])
+def _run(tmp, budget: str, limit=None, ballast: int = 0, other_file: str = ""):
+    cgroup.evict([str(tmp / "model.lit")] + ([other_file] if other_file else []))
     out = cgroup.run([sys.executable, "-c", CHILD, json.dumps(CONFIG), str(tmp / "model.lit"), str(tmp / "ids.pt"),
-                      budget, str(ballast), str(tmp / "logits.pt")], limit)
+                      budget, str(ballast), str(tmp / "logits.pt"), other_file], limit)
     assert out.returncode == 0 and not out.oom_killed, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1]), torch.load(tmp / "logits.pt")
 
@@ -90,6 +94,29 @@ def test_auto_grows_until_every_weight_is_resident(model):
     assert result["grown"] == 0 and result["resident_grown"] == resident, result  # ...a later one does not
     assert budgets[-1] >= resident and budgets == sorted(budgets), result
     assert result["failcnt"] <= 16, result
+    for out in logits:
+        assert torch.equal(out, want)
+
+
+def test_auto_takes_every_weight_resident_into_other_files_page_cache(model):
+    # Another file's page cache, read twice (active: not counted as room by the usual rule),
+    # holds the memory that every weight resident needs. The kernel reclaims it once the
+    # weights need it, as it does for a memory-mapped model; "auto" steps to every weight
+    # resident instead of streaming beside it for good.
+    tmp, want = model
+    free, _ = _run(tmp, "1GiB")
+    resident = free["weights"] - free["lookup"]
+    other = tmp / "other.bin"
+    with open(other, "wb") as f:
+        for _ in range(12):
+            f.write(os.urandom(8 * MiB))
+    limit = free["before"] + resident + 40 * MiB
+    result, logits = _run(tmp, "auto", limit, other_file=str(other))
+    budgets = result["budgets"]
+    whole = result["weights"] - result["lookup"]  # every weight but the embedding (read by lookup)
+    assert budgets[0] < whole, result  # the first plan streams...
+    assert result["grown"] == 0 and result["resident_grown"] == whole, result  # ...a later one does not
+    assert result["streamed"] == 0, result  # and the step was kept
     for out in logits:
         assert torch.equal(out, want)
 

@@ -244,10 +244,20 @@ void Engine::end(bool failed) {
       PrefetchStats s = prefetcher_->stats();
       bool mispredicted = s.mispredicts > 0;
       bool steady = recorded_ && !mispredicted;
-      // A new budget makes a new plan: its layout is measured once that has settled.
-      bool replanned = steady && !settling_ && adapt_budget_locked();
+      // A new budget makes a new plan: its usage and layout are measured once that has
+      // settled. The plan the first forward's order made is measured at once: it differs
+      // from the one before in what runs, not in how much is resident.
+      bool replanned = false;
+      if (steady && budget_settling_) {
+        budget_settling_ = false;
+      } else if (steady) {
+        replanned = adapt_budget_locked();
+      }
       if (steady && !replanned && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
+      bool first = !recorded_;
       if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
+      // Settled a forward sooner where the first one already shows room to grow into.
+      if (first && recorded_) adapt_budget_locked(/*grow_only=*/true);
       // Taken again after a plan change: what it drops unused was read by this forward.
       s = prefetcher_->stats();
       prefetcher_->reset_stats();
@@ -284,7 +294,7 @@ void Engine::adopt_order_locked(const std::vector<int>& order) {
   switch_plan_locked(plan);
 }
 
-bool Engine::adapt_budget_locked() {
+bool Engine::adapt_budget_locked(bool grow_only) {
   if (!adapts_budget_) return false;
   auto mapping = store_->mapping();
   Mapping::PagesInMemory in_memory = mapping->pages_in_memory();
@@ -310,7 +320,23 @@ bool Engine::adapt_budget_locked() {
   uint64_t transient = plan_.streams() ? mapping->readahead_reach() : 0;
   // More than every weight changes nothing.
   uint64_t budget = std::min(adapted_budget(budget_, room, transient), std::max(plan_.total_bytes, budget_));
-  if (budget == budget_) return false;
+  if (whole_taken_ && budget < budget_) {
+    // At the limit with other files' cache still charged, the usage alone would shrink a
+    // step that holds: it is given back only once that cache no longer covers the reserve
+    // (the kernel took resident weights instead), and not tried again.
+    if (whole_holds(room)) {
+      budget = budget_;
+    } else {
+      whole_taken_ = false;
+      whole_refused_ = true;
+    }
+  }
+  uint64_t whole = plan_.total_bytes - plan_.lookup_bytes;
+  if (!whole_taken_ && !whole_refused_ && budget < whole && whole_fits(budget_, whole, room)) {
+    budget = whole;
+    whole_taken_ = true;
+  }
+  if (budget == budget_ || (grow_only && budget < budget_)) return false;
   uint64_t before = budget_;
   budget_ = budget;
   Plan plan;
@@ -327,6 +353,7 @@ bool Engine::adapt_budget_locked() {
     return false;
   }
   switch_plan_locked(plan);
+  budget_settling_ = true;
   return true;
 }
 

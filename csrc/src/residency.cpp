@@ -328,6 +328,7 @@ struct CgroupMemory {
   uint64_t usage = 0;  // what the cgroup is charged now (page cache included)
   // Page cache on the inactive list: what the kernel reclaims first, once nothing maps it.
   uint64_t inactive_file = 0;
+  uint64_t active_file = 0;
 };
 
 // A value from a memory.stat file: `key` (v2, or v1's own) or "total_<key>" (v1, with the
@@ -377,6 +378,7 @@ CgroupMemory tightest_cgroup() {
       best.limit = limit;
       best.usage = read_limit(dir + usage_file);
       best.inactive_file = memory_stat(dir + "/memory.stat", "inactive_file");
+      best.active_file = memory_stat(dir + "/memory.stat", "active_file");
     }
   }
   return best;
@@ -466,17 +468,34 @@ MemoryRoom memory_room(uint64_t own_cache) {
   uint64_t reclaimable = cg.inactive_file - std::min(cg.inactive_file, own_cache);
   int64_t room = static_cast<int64_t>(cg.limit) - static_cast<int64_t>(cg.usage) + static_cast<int64_t>(reclaimable);
   if (uint64_t available = mem_available()) room = std::min(room, static_cast<int64_t>(available));
-  return {cg.limit, room, reclaimable};
+  uint64_t file = cg.active_file + cg.inactive_file;
+  uint64_t others = file - std::min(file, own_cache);
+  return {cg.limit, room, reclaimable, others - std::min(others, reclaimable)};
 }
+
+namespace {
+
+int64_t auto_reserve(uint64_t limit) { return std::max<int64_t>(kAutoReserveFloor, static_cast<int64_t>(limit / 128)); }
+
+}  // namespace
 
 uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transient) {
   if (!room.limit) return budget;
-  int64_t reserve = std::max<int64_t>(kAutoReserveFloor, static_cast<int64_t>(room.limit / 128)) +
-                    static_cast<int64_t>(transient);
+  int64_t reserve = auto_reserve(room.limit) + static_cast<int64_t>(transient);
   // Within [reserve / 2, 2 x reserve] the budget stays: a plan does not change for a few
   // megabytes of allocator noise between forwards.
   if (room.free >= reserve / 2 && room.free <= 2 * reserve) return budget;
   return static_cast<uint64_t>(std::max<int64_t>(static_cast<int64_t>(budget) + room.free - reserve, 0));
+}
+
+bool whole_fits(uint64_t budget, uint64_t whole, const MemoryRoom& room) {
+  if (!room.limit || whole <= budget) return false;
+  int64_t room_for_whole = room.free + static_cast<int64_t>(room.other_cache) - auto_reserve(room.limit);
+  return static_cast<int64_t>(whole - budget) <= room_for_whole;
+}
+
+bool whole_holds(const MemoryRoom& room) {
+  return room.limit && room.free + static_cast<int64_t>(room.other_cache) >= auto_reserve(room.limit) / 2;
 }
 
 }  // namespace litcore

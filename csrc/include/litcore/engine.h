@@ -145,8 +145,10 @@ class Engine {
   Plan plan_for(const std::vector<int>& order, const std::set<int>& ran, const PassRates& rates, int current_runs) const;
   void adopt_order_locked(const std::vector<int>& order);
   // An auto budget moved to what the memory cgroup has left after a forward; true when it
-  // changed (and the plan with it).
-  bool adapt_budget_locked();
+  // changed (and the plan with it). `grow_only`: after the first forward, whose peak holds
+  // the cold start's reads: a measure that can only overstate the usage may grow the
+  // budget, never shrink it.
+  bool adapt_budget_locked(bool grow_only = false);
   void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
   void switch_plan_locked(const Plan& plan);
   void abandon_locked();
@@ -171,6 +173,9 @@ class Engine {
   std::set<int> ran_;          // every unit ever seen running
   bool recorded_ = false;      // an order was seen
   bool settling_ = false;      // the forward after a layout change reads new residents: not measured
+  bool budget_settling_ = false;  // the same, after a change of budget: its usage is not measured
+  bool whole_taken_ = false;      // the budget stepped to every weight resident (whole_fits)
+  bool whole_refused_ = false;    // and a later measure took that back: not tried again
   bool unread_verified_ = false;  // lazy checks of what no reader read are done
   PassRates rates_;
   int depth_ = 0;

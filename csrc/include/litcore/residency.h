@@ -94,6 +94,9 @@ struct MemoryRoom {
   uint64_t limit = 0;
   int64_t free = 0;
   uint64_t reclaimable = 0;  // of `free`: other files' inactive page cache
+  // Not in `free`: the rest of other files' page cache (active, or mapped: the libraries'
+  // code). The kernel reclaims what nobody touches of it once the cgroup needs the room.
+  uint64_t other_cache = 0;
 };
 MemoryRoom memory_room(uint64_t own_cache);
 
@@ -130,6 +133,18 @@ constexpr int64_t kAutoReserveFloor = 16ll << 20;
 // Unchanged without a cgroup limit: MemAvailable counts the weights' own page cache as
 // available and cannot tell how much of it is ours.
 uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transient = 0);
+
+// Whether an auto budget may step from `budget` to `whole` (every weight but the lookups
+// resident: no window, nothing read ahead) when the rest of other files' page cache counts
+// as room too. A model that almost fits is where this matters: under a limit a few tens of
+// megabytes short of everything resident once the interpreter's libraries are counted, the
+// usual reserve holds it to streaming what a memory-mapped model keeps by letting the kernel
+// evict the libraries' cold pages. The engine takes this step once, and keeps it while
+// whole_holds().
+bool whole_fits(uint64_t budget, uint64_t whole, const MemoryRoom& room);
+// Whether every weight resident still holds: other files' page cache, with what is free,
+// covers half the reserve (resident weights the kernel evicted are already out of `free`).
+bool whole_holds(const MemoryRoom& room);
 uint64_t current_rss();
 // The tightest memory limit of this process's cgroups (v1 or v2), or 0 when none.
 uint64_t cgroup_limit();

@@ -11,8 +11,9 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 
 
-def cached_bytes(path: str) -> int:
-    """Bytes of `path` in the page cache now (mapping it faults nothing in)."""
+def cached_bytes(path: str, offset: int = 0, length: int = -1) -> int:
+    """Bytes of `path` in the page cache now (mapping it faults nothing in); of the pages
+    holding [offset, offset + length) when given."""
     size = os.path.getsize(path)
     if size == 0:
         return 0
@@ -26,7 +27,8 @@ def cached_bytes(path: str) -> int:
             vec = (ctypes.c_ubyte * pages)()
             if _libc.mincore(address, size, vec) != 0:
                 raise OSError(ctypes.get_errno(), f"mincore '{path}'")
-            return sum(b & 1 for b in vec) * mmap.PAGESIZE
+            end = size if length < 0 else offset + length
+            return sum(b & 1 for b in vec[offset // mmap.PAGESIZE:(end + mmap.PAGESIZE - 1) // mmap.PAGESIZE]) * mmap.PAGESIZE
         finally:
             _libc.munmap(address, size)
     finally:

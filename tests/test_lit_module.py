@@ -69,17 +69,18 @@ def test_streaming_after_warmup_prefetches(awkward_file):
     assert last["bytes_read"] >= lit.plan.streamed_bytes * 0.9
 
 
+class Embedded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(40_000, 64)  # 10 MB: far over the budgets below
+        self.layers = nn.Sequential(*[nn.Linear(64, 64) for _ in range(6)])
+
+    def forward(self, ids):
+        return self.layers(self.embed(ids))
+
+
 def test_embeddings_are_read_by_lookup_not_ahead(tmp):
     from pagecache import cached_bytes
-
-    class Embedded(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(40_000, 64)  # 10 MB: far over the budget
-            self.layers = nn.Sequential(*[nn.Linear(64, 64) for _ in range(6)])
-
-        def forward(self, ids):
-            return self.layers(self.embed(ids))
 
     torch.manual_seed(0)
     ref = Embedded().eval()
@@ -96,6 +97,31 @@ def test_embeddings_are_read_by_lookup_not_ahead(tmp):
     assert lit.stats()["last"]["bytes_read"] < 1 << 20
     # its touched rows were dropped after use: no megabytes of read-around stay cached
     assert cached_bytes(str(tmp / "e.lit")) < 1 << 20
+
+
+def test_rows_a_lookup_touched_stay_cached_within_the_budget(tmp):
+    # What the plan leaves of its budget beside the resident weights keeps the touched rows
+    # cached between forwards (dropped, each is a random read again the next forward); rows
+    # beyond it are dropped after use.
+    from pagecache import cached_bytes
+
+    torch.manual_seed(0)
+    ref = Embedded().eval()
+    litcore.save(ref.state_dict(), tmp / "e.lit")
+    lit = litcore.LitModule.from_params(tmp / "e.lit", Embedded, memory_budget="256KB")
+    assert lit.plan.lookup_modules == ["embed"] and lit.plan.streamed_bytes == 0
+    spare = 256_000 - lit.plan.resident_bytes
+    (offset, length), = lit.store.native.byte_ranges(["embed.weight"])
+    few = torch.tensor([[5, 17_000, 39_999]])  # 3 rows, 3 pages
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(lit(few), ref(few))
+    assert 3 * 4096 <= cached_bytes(str(tmp / "e.lit"), offset, length) <= spare
+    many = torch.arange(0, 40_000, 64).unsqueeze(0)  # 625 rows, one page each: far more than the spare
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(lit(many), ref(many))
+    assert cached_bytes(str(tmp / "e.lit"), offset, length) <= spare
 
 
 def test_locally_reordered_modules_are_not_read_twice(tmp):

@@ -124,6 +124,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     for (const auto& u : units_) po.on_demand.push_back(u.on_demand);
     if (options_.verify == Verify::Lazy) po.after_read = [this](int unit) { store_->verify_once(tensors_[unit]); };
     prefetcher_ = std::make_unique<Prefetcher>(store_->mapping(), ranges_, po);
+    prefetcher_->set_lookup_cache(lookup_cache_bytes(plan_));
     prefetcher_->set_order(plan_.streamed_order);
   }
 }
@@ -332,8 +333,11 @@ bool Engine::adapt_budget_locked(bool grow_only) {
     }
   }
   uint64_t whole = plan_.total_bytes - plan_.lookup_bytes;
-  if (!whole_taken_ && !whole_refused_ && budget < whole && whole_fits(budget_, whole, room)) {
-    budget = whole;
+  int64_t with_cache = room_with_other_cache(room);
+  if (!whole_taken_ && !whole_refused_ && budget < whole && static_cast<int64_t>(whole - budget_) <= with_cache) {
+    // All of that room: what is left beside the weights keeps the rows lookups touched
+    // cached (lookup_cache_bytes).
+    budget = std::min(plan_.total_bytes, budget_ + static_cast<uint64_t>(with_cache));
     whole_taken_ = true;
   }
   if (budget == budget_ || (grow_only && budget < budget_)) return false;
@@ -387,6 +391,7 @@ void Engine::replan(const PassRates& rates) {
 void Engine::switch_plan_locked(const Plan& plan) {
   Plan old = plan_;
   plan_ = plan;
+  prefetcher_->set_lookup_cache(lookup_cache_bytes(plan));
   if (plan.resident == old.resident && plan.streamed_order == old.streamed_order) return;  // newer figures only
   settling_ = true;
   prefetcher_->set_window(plan.window_bytes);

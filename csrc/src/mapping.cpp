@@ -321,6 +321,20 @@ Mapping::PagesInMemory Mapping::pages_in_memory() const {
   return PagesInMemory(std::move(pages), ps, impl_->size);
 }
 
+uint64_t Mapping::cached_bytes(uint64_t offset, uint64_t length) const {
+  uint8_t* start;
+  size_t len;
+  if (!impl_->page_range(offset, length, &start, &len)) return 0;
+  uint64_t ps = page_size();
+  std::vector<unsigned char> pages(len / ps);
+  if (mincore(start, len, pages.data()) != 0) {
+    throw IOError(errno_message("litcore: mincore failed on", impl_->path, errno), errno);
+  }
+  uint64_t n = 0;
+  for (unsigned char p : pages) n += p & 1;
+  return n * ps;
+}
+
 uint64_t Mapping::PagesInMemory::bytes(uint64_t offset, uint64_t length) const {
   if (offset >= size_ || length == 0) return 0;
   length = std::min(length, size_ - offset);

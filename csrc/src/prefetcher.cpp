@@ -91,6 +91,14 @@ Prefetcher::~Prefetcher() {
 ReadMode Prefetcher::read_mode() const { return read_mode_.load(); }
 
 void Prefetcher::drop(int unit) {
+  if (options_.on_demand[unit] && lookup_cache_bytes_ > 0) {
+    uint64_t cached = 0;
+    for (size_t g = 0; g < units_.size(); ++g) {
+      if (!options_.on_demand[g]) continue;
+      for (const auto& r : units_[g]) cached += mapping_->cached_bytes(r.offset, r.length);
+    }
+    if (cached <= lookup_cache_bytes_) return;
+  }
   for (const auto& r : direct() ? runs_[unit] : units_[unit]) mapping_->release(r.offset, r.length);
 }
 
@@ -155,6 +163,8 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   }
   work_cv_.notify_all();
 }
+
+void Prefetcher::set_lookup_cache(uint64_t bytes) { lookup_cache_bytes_ = bytes; }
 
 void Prefetcher::set_window(uint64_t window_bytes) {
   std::lock_guard<std::mutex> lock(mu_);

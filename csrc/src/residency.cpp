@@ -488,14 +488,18 @@ uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transi
   return static_cast<uint64_t>(std::max<int64_t>(static_cast<int64_t>(budget) + room.free - reserve, 0));
 }
 
-bool whole_fits(uint64_t budget, uint64_t whole, const MemoryRoom& room) {
-  if (!room.limit || whole <= budget) return false;
-  int64_t room_for_whole = room.free + static_cast<int64_t>(room.other_cache) - auto_reserve(room.limit);
-  return static_cast<int64_t>(whole - budget) <= room_for_whole;
+int64_t room_with_other_cache(const MemoryRoom& room) {
+  if (!room.limit) return 0;
+  return room.free + static_cast<int64_t>(room.other_cache) - auto_reserve(room.limit);
 }
 
 bool whole_holds(const MemoryRoom& room) {
   return room.limit && room.free + static_cast<int64_t>(room.other_cache) >= auto_reserve(room.limit) / 2;
+}
+
+uint64_t lookup_cache_bytes(const Plan& plan) {
+  uint64_t held = plan.resident_bytes + plan.window_bytes;
+  return plan.lookup_bytes > 0 && plan.budget > held ? plan.budget - held : 0;
 }
 
 }  // namespace litcore

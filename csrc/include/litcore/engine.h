@@ -174,7 +174,7 @@ class Engine {
   bool recorded_ = false;      // an order was seen
   bool settling_ = false;      // the forward after a layout change reads new residents: not measured
   bool budget_settling_ = false;  // the same, after a change of budget: its usage is not measured
-  bool whole_taken_ = false;      // the budget stepped to every weight resident (whole_fits)
+  bool whole_taken_ = false;      // the budget stepped to every weight resident (room_with_other_cache)
   bool whole_refused_ = false;    // and a later measure took that back: not tried again
   bool unread_verified_ = false;  // lazy checks of what no reader read are done
   PassRates rates_;

@@ -83,6 +83,8 @@ class Mapping {
     uint64_t size_;
   };
   PagesInMemory pages_in_memory() const;
+  // Bytes of [offset, offset + length) in the page cache now (whole pages, mincore).
+  uint64_t cached_bytes(uint64_t offset, uint64_t length) const;
   // How far the kernel's readahead of this file can run past a read: twice the device's
   // readahead window (read_ahead_kb of its block device, 8 MiB where that is unknown), plus
   // a large folio.

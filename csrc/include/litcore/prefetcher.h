@@ -104,6 +104,11 @@ class Prefetcher {
   void set_order(const std::vector<int>& order);
   // A new window (a new plan); takes effect with the next set_order().
   void set_window(uint64_t window_bytes);
+  // What the plan leaves of its budget beside the resident weights and the window: the rows
+  // on-demand units (embeddings) touched stay cached between forwards while together they
+  // fit in it, instead of being dropped after each use and read again, one random read per
+  // row, by the next forward. 0: dropped after each use.
+  void set_lookup_cache(uint64_t bytes);
   // Blocks until `unit` is in memory. A unit other than the predicted one is read at
   // once (a wrong guess costs time, never correctness: the mapping is always valid); if it
   // is a few positions ahead the predictions in between stay, otherwise they are dropped.
@@ -153,6 +158,7 @@ class Prefetcher {
   std::vector<uint64_t> cost_;  // what a unit takes of the window: 0 for on-demand units
   Options options_;
 
+  std::atomic<uint64_t> lookup_cache_bytes_{0};
   mutable std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable ready_cv_;

@@ -157,7 +157,9 @@ def main() -> None:
     parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
     parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("litcore-baseline",
                                                                                       "litcore-lazy", "litcore-direct")))
-    parser.add_argument("--steady", type=int, default=3, help="forwards timed after the first")
+    parser.add_argument("--steady", type=int, default=5,
+                        help="forwards timed after the first; their median is reported (of 5, a forward after a "
+                             "change of plan, such as the auto budget's first step, is not the middle one)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=32,
                         help="tokens per timed forward; 1 makes compute cheap, so a read-path regression shows "

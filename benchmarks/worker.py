@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--budget")
     parser.add_argument("--verify", help="litcore's verify option (default: litcore's default)")
     parser.add_argument("--read-mode", help="litcore's read_mode option (default: litcore's default)")
-    parser.add_argument("--steady", type=int, default=3)
+    parser.add_argument("--steady", type=int, default=5)
     parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens per timed forward (the prefill)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--logits-out")

@@ -142,11 +142,11 @@ uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transi
 
 // How far an auto budget may grow when the rest of other files' page cache counts as room
 // too, a reserve kept: the engine steps to every weight but the lookups resident (no window,
-// nothing read ahead) when that is within it. A model that almost fits is where this matters: under a limit a few tens of
-// megabytes short of everything resident once the interpreter's libraries are counted, the
-// usual reserve holds it to streaming what a memory-mapped model keeps by letting the kernel
-// evict the libraries' cold pages. The engine takes this step once, and keeps it while
-// whole_holds().
+// nothing read ahead) when that is within it. A model that almost fits is where this
+// matters: under a limit a few tens of megabytes short of everything resident once the
+// interpreter's libraries are counted, the usual reserve holds it to streaming what a
+// memory-mapped model keeps by letting the kernel evict the libraries' cold pages. The
+// engine takes this step once, and keeps it while whole_holds().
 int64_t room_with_other_cache(const MemoryRoom& room);
 // Whether every weight resident still holds: other files' page cache, with what is free,
 // covers half the reserve (resident weights the kernel evicted are already out of `free`).

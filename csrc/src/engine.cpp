@@ -258,7 +258,7 @@ void Engine::end(bool failed) {
       bool first = !recorded_;
       if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
       // Settled a forward sooner where the first one already shows room to grow into.
-      if (first && recorded_) adapt_budget_locked(/*grow_only=*/true);
+      if (first) adapt_budget_locked(/*grow_only=*/true);
       // Taken again after a plan change: what it drops unused was read by this forward.
       s = prefetcher_->stats();
       prefetcher_->reset_stats();

@@ -312,34 +312,25 @@ void Mapping::drop_cache(uint64_t offset, uint64_t length) const {
   if (rc != 0) warn("posix_fadvise(DONTNEED)", impl_->path, rc);
 }
 
-Mapping::PagesInMemory Mapping::pages_in_memory() const {
+Mapping::PagesInMemory Mapping::pages_in_memory(uint64_t offset, uint64_t length) const {
   uint64_t ps = page_size();
-  std::vector<unsigned char> pages(static_cast<size_t>((impl_->size + ps - 1) / ps));
-  if (!pages.empty() && mincore(impl_->addr, static_cast<size_t>(pages.size() * ps), pages.data()) != 0) {
-    throw IOError(errno_message("litcore: mincore failed on", impl_->path, errno), errno);
-  }
-  return PagesInMemory(std::move(pages), ps, impl_->size);
-}
-
-uint64_t Mapping::cached_bytes(uint64_t offset, uint64_t length) const {
   uint8_t* start;
   size_t len;
-  if (!impl_->page_range(offset, length, &start, &len)) return 0;
-  uint64_t ps = page_size();
+  if (!impl_->page_range(offset, length, &start, &len)) return PagesInMemory({}, ps, 0, impl_->size);
   std::vector<unsigned char> pages(len / ps);
   if (mincore(start, len, pages.data()) != 0) {
     throw IOError(errno_message("litcore: mincore failed on", impl_->path, errno), errno);
   }
-  uint64_t n = 0;
-  for (unsigned char p : pages) n += p & 1;
-  return n * ps;
+  return PagesInMemory(std::move(pages), ps, static_cast<uint64_t>(start - impl_->addr), impl_->size);
 }
 
 uint64_t Mapping::PagesInMemory::bytes(uint64_t offset, uint64_t length) const {
   if (offset >= size_ || length == 0) return 0;
   length = std::min(length, size_ - offset);
+  uint64_t first = std::max(offset, first_) / page_;
+  uint64_t last = std::min((offset + length + page_ - 1) / page_, first_ / page_ + pages_.size());
   uint64_t n = 0;
-  for (uint64_t p = offset / page_; p < (offset + length + page_ - 1) / page_; ++p) n += pages_[p] & 1;
+  for (uint64_t p = first; p < last; ++p) n += pages_[p - first_ / page_] & 1;
   return std::min(n * page_, length);
 }
 

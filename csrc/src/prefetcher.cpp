@@ -96,7 +96,7 @@ void Prefetcher::drop(int unit) {
     try {
       for (size_t g = 0; g < units_.size(); ++g) {
         if (!options_.on_demand[g]) continue;
-        for (const auto& r : units_[g]) cached += mapping_->cached_bytes(r.offset, r.length);
+        for (const auto& r : units_[g]) cached += mapping_->pages_in_memory(r.offset, r.length).bytes(r.offset, r.length);
       }
     } catch (const std::exception&) {
       cached = UINT64_MAX;  // not measured: dropped as before

@@ -69,22 +69,23 @@ class Mapping {
   // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,
   // in use or read ahead into a unit, stay. For what the kernel's readahead read past a read.
   void drop_cache(uint64_t offset, uint64_t length) const;
-  // Which of the file's pages are in memory now (one mincore over the whole mapping).
+  // Which of the file's pages are in memory now: one mincore over the pages holding
+  // [offset, offset + length), the whole mapping by default.
   class PagesInMemory {
    public:
-    PagesInMemory(std::vector<unsigned char> pages, uint64_t page, uint64_t size)
-        : pages_(std::move(pages)), page_(page), size_(size) {}
-    // Bytes of [offset, offset + length) in memory: what the kernel has not evicted of it.
+    PagesInMemory(std::vector<unsigned char> pages, uint64_t page, uint64_t first, uint64_t size)
+        : pages_(std::move(pages)), page_(page), first_(first), size_(size) {}
+    // Bytes of [offset, offset + length) in memory (what the kernel has not evicted of it),
+    // of the pages looked at.
     uint64_t bytes(uint64_t offset, uint64_t length) const;
 
    private:
     std::vector<unsigned char> pages_;
     uint64_t page_;
+    uint64_t first_;  // the offset of pages_[0]
     uint64_t size_;
   };
-  PagesInMemory pages_in_memory() const;
-  // Bytes of [offset, offset + length) in the page cache now (whole pages, mincore).
-  uint64_t cached_bytes(uint64_t offset, uint64_t length) const;
+  PagesInMemory pages_in_memory(uint64_t offset = 0, uint64_t length = UINT64_MAX) const;
   // How far the kernel's readahead of this file can run past a read: twice the device's
   // readahead window (read_ahead_kb of its block device, 8 MiB where that is unknown), plus
   // a large folio.

@@ -37,6 +37,9 @@ import report  # noqa: E402
 SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-cli-order",
            "litcore-lazy", "litcore-direct", "litcore-baseline"]
 PYTORCH_LIT_VERSION = "0.1.7"
+# Kernels limited to AVX2 (oneDNN's matmuls and ATen's own): on a CPU with fast bf16 this is
+# the compute of one without it, where a prefill hides the read path.
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def parse_limit(text: str) -> Optional[int]:
@@ -124,13 +127,16 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
     return row
 
 
-def disk_bandwidth(paths: Dict[str, str], nbytes: int, limit: Optional[int], probes: int = 2) -> List[float]:
-    """The weight file's read speed the way litcore streams it, in the same memory limit, just
-    after litcore ran (the shared disk drifts over minutes): bytes/s, one per probe."""
+def disk_bandwidth(paths: Dict[str, str], nbytes: int, limit: Optional[int], probes: int = 2,
+                   fill: bool = False) -> List[float]:
+    """The weight file's read speed the way litcore streams it (or, with fill, the speed it
+    fills the page cache from a cold start), in the same memory limit, just after litcore ran
+    (the shared disk drifts over minutes): bytes/s, one per probe."""
     speeds = []
+    how = ["--fill"] if fill else [str(nbytes)]
     for _ in range(probes):
         cgroup.evict([paths["lit"]])
-        outcome = cgroup.run([sys.executable, os.path.join(HERE, "disk_probe.py"), paths["lit"], str(nbytes)], limit)
+        outcome = cgroup.run([sys.executable, os.path.join(HERE, "disk_probe.py"), paths["lit"]] + how, limit)
         line = next((l for l in outcome.stdout.splitlines() if l.startswith("BANDWIDTH ")), None)
         if line is None:
             print(f"disk probe failed: {outcome.stderr.strip()[-300:]}")
@@ -164,6 +170,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32,
                         help="tokens per timed forward; 1 makes compute cheap, so a read-path regression shows "
                              "even on a CPU where a prefill is compute-bound")
+    parser.add_argument("--cpu-isa", choices=["native", "avx2"], default="native",
+                        help="avx2: every system computes with AVX2 kernels only, as on a CPU without AVX-512 bf16 "
+                             "(the compute-bound regime, measurable on a CPU that has it)")
     parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")
     parser.add_argument("--litcore-read-mode", help="litcore's read_mode (default: litcore's default)")
     parser.add_argument("--baseline", help="a litcore build installed with pip --target: the system litcore-baseline")
@@ -180,6 +189,8 @@ def main() -> None:
     if "litcore-baseline" in systems and not args.baseline:
         parser.error("the system litcore-baseline needs --baseline DIR")
     os.makedirs(args.out, exist_ok=True)
+    if args.cpu_isa == "avx2":
+        os.environ.update(AVX2_ONLY)  # every child inherits it
     if not cgroup.available():
         print("NOTE: memory cgroups cannot be created here: limits are not applied, peak memory is the child's RSS.")
     paths = prepare(args.model, args.cache, cli_order="litcore-cli-order" in systems)
@@ -201,16 +212,18 @@ def main() -> None:
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
             elif system.startswith("litcore") and not limit and "error" not in row:
-                # The cold start's floor: the whole file at the disk's speed.
+                # The cold start's floors: the whole file at the disk's speed, and at the speed
+                # it fills fresh page cache (what a cold start must do).
                 row["file_bytes"] = os.path.getsize(paths["lit"])
                 row["disk_bytes_per_s"] = disk_bandwidth(paths, row["file_bytes"], None)
+                row["fill_bytes_per_s"] = disk_bandwidth(paths, row["file_bytes"], None, fill=True)
             rows.append(row)
             print(report.one_line(row), flush=True)
     compare_exactness(rows)
     meta = {"model": args.model, "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
             "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
             "seconds": time.time() - started, "cpu": report.cpu_name(), "cpu_flags": report.cpu_flags(),
-            "prompt_tokens": args.prompt_tokens, "cgroups": cgroup.available()}
+            "prompt_tokens": args.prompt_tokens, "cgroups": cgroup.available(), "cpu_isa": args.cpu_isa}
     for r in rows:
         r.pop("tokens", None)
     with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -121,7 +121,8 @@ def main() -> None:
                          pad_token_id=0)
     gen = time.perf_counter() - t0
     result = {"ready_s": ready, "first_forward_s": first, "steady_forward_s": statistics.median(steady),
-              "generate_tok_s": (out.shape[1] - prompt.shape[1]) / gen, "tokens": out[0].tolist()}
+              "generate_tok_s": (out.shape[1] - prompt.shape[1]) / gen, "tokens": out[0].tolist(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if args.system == "litcore":
         stats = model.stats()
         result.update(streamed_bytes_per_forward=stats["streamed_bytes_per_forward"],

@@ -36,10 +36,20 @@ def fill(path: str) -> float:
     fd = os.open(path, os.O_RDONLY)
     chunks = list(range(0, size, FILL_CHUNK))
 
+    errors: list = []
+
     def read(offsets: list) -> None:
         buffer = memoryview(bytearray(FILL_CHUNK))
-        for offset in offsets:
-            os.preadv(fd, [buffer], offset)
+        try:
+            for offset in offsets:
+                done, want = 0, min(FILL_CHUNK, size - offset)
+                while done < want:
+                    n = os.preadv(fd, [buffer[done:want]], offset + done)
+                    if n == 0:
+                        raise OSError(f"{path}: ends at {offset + done}, before its size {size}")
+                    done += n
+        except OSError as error:
+            errors.append(error)
 
     readers = [threading.Thread(target=read, args=(chunks[i::FILL_READERS],)) for i in range(FILL_READERS)]
     try:
@@ -48,9 +58,12 @@ def fill(path: str) -> float:
             reader.start()
         for reader in readers:
             reader.join()
-        return size / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
     finally:
         os.close(fd)
+    if errors:
+        raise errors[0]
+    return size / seconds
 
 
 def main() -> None:

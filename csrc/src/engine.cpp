@@ -334,7 +334,10 @@ bool Engine::adapt_budget_locked(bool grow_only) {
   }
   uint64_t whole = plan_.total_bytes - plan_.lookup_bytes;
   int64_t with_cache = room_with_other_cache(room);
-  if (!whole_taken_ && !whole_refused_ && budget < whole && static_cast<int64_t>(whole - budget_) <= with_cache) {
+  // budget_ < whole first: whole - budget_ is unsigned, and a budget already past every weight
+  // (grown there the usual way) has no step to take.
+  if (!whole_taken_ && !whole_refused_ && budget_ < whole && budget < whole &&
+      static_cast<int64_t>(whole - budget_) <= with_cache) {
     // All of that room: what is left beside the weights keeps the rows lookups touched
     // cached (lookup_cache_bytes).
     budget = std::min(plan_.total_bytes, budget_ + static_cast<uint64_t>(with_cache));

@@ -38,3 +38,11 @@ def test_cpp_threads_read_prefetch_and_release(tmp, cpp_tests):
     r = subprocess.run([str(cpp_tests / "concurrency_check"), str(tmp / "c.lit")], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "errors 0" in r.stdout, r.stdout + r.stderr
+
+
+def test_cpp_auto_budget_decisions(cpp_tests):
+    """The auto budget's pure decisions (adapted_budget, whole_step, whole_holds) on hand-made
+    cgroup figures, among them a budget past every weight under pressure (no step taken)."""
+    r = subprocess.run([str(cpp_tests / "budget_check")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "failures 0" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.count("\nok ") + r.stdout.startswith("ok ") == 17, r.stdout

@@ -333,15 +333,14 @@ bool Engine::adapt_budget_locked(bool grow_only) {
     }
   }
   uint64_t whole = plan_.total_bytes - plan_.lookup_bytes;
-  int64_t with_cache = room_with_other_cache(room);
-  // budget_ < whole first: whole - budget_ is unsigned, and a budget already past every weight
-  // (grown there the usual way) has no step to take.
-  if (!whole_taken_ && !whole_refused_ && budget_ < whole && budget < whole &&
-      static_cast<int64_t>(whole - budget_) <= with_cache) {
+  if (!whole_taken_ && !whole_refused_ && budget < whole) {
     // All of that room: what is left beside the weights keeps the rows lookups touched
     // cached (lookup_cache_bytes).
-    budget = std::min(plan_.total_bytes, budget_ + static_cast<uint64_t>(with_cache));
-    whole_taken_ = true;
+    uint64_t stepped = whole_step(budget_, whole, plan_.total_bytes, room);
+    if (stepped != budget_) {
+      budget = stepped;
+      whole_taken_ = true;
+    }
   }
   if (budget == budget_ || (grow_only && budget < budget_)) return false;
   uint64_t before = budget_;

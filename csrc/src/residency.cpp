@@ -493,6 +493,14 @@ int64_t room_with_other_cache(const MemoryRoom& room) {
   return room.free + static_cast<int64_t>(room.other_cache) - auto_reserve(room.limit);
 }
 
+uint64_t whole_step(uint64_t budget, uint64_t whole, uint64_t total, const MemoryRoom& room) {
+  // Unsigned: a budget past `whole` (grown there the usual way) has no step to take.
+  if (budget >= whole) return budget;
+  int64_t room_left = room_with_other_cache(room);
+  if (room_left < 0 || whole - budget > static_cast<uint64_t>(room_left)) return budget;
+  return std::min(total, budget + static_cast<uint64_t>(room_left));
+}
+
 bool whole_holds(const MemoryRoom& room) {
   return room.limit && room.free + static_cast<int64_t>(room.other_cache) >= auto_reserve(room.limit) / 2;
 }

@@ -148,6 +148,10 @@ uint64_t adapted_budget(uint64_t budget, const MemoryRoom& room, uint64_t transi
 // memory-mapped model keeps by letting the kernel evict the libraries' cold pages. The
 // engine takes this step once, and keeps it while whole_holds().
 int64_t room_with_other_cache(const MemoryRoom& room);
+// The budget that step leads to from `budget`: all of room_with_other_cache() added, at most
+// `total` (every weight), where that reaches `whole` (every weight but the lookups); otherwise
+// `budget` itself, as when `budget` already holds `whole`.
+uint64_t whole_step(uint64_t budget, uint64_t whole, uint64_t total, const MemoryRoom& room);
 // Whether every weight resident still holds: other files' page cache, with what is free,
 // covers half the reserve (resident weights the kernel evicted are already out of `free`).
 bool whole_holds(const MemoryRoom& room);

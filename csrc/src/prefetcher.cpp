@@ -71,6 +71,7 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
   unbilled_.assign(units_.size(), false);
   error_.assign(units_.size(), nullptr);
   int threads = std::max(1, options_.threads);
+  threads_.emplace_back([this] { claim_loop(); });
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
 
@@ -80,12 +81,14 @@ Prefetcher::~Prefetcher() {
     stop_ = true;
   }
   work_cv_.notify_all();
+  claimed_cv_.notify_all();
   ready_cv_.notify_all();
   for (auto& t : threads_) t.join();
-  // Memory put in place goes back to the system.
+  // Memory put in place goes back to the system, and memory prepared for groups never read.
   for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed_[g] && state_[g] == State::Ready) drop(static_cast<int>(g));
   }
+  mapping_->discard_prepared();
 }
 
 ReadMode Prefetcher::read_mode() const { return read_mode_.load(); }
@@ -217,18 +220,23 @@ std::vector<int> Prefetcher::group_at_locked(size_t pos, size_t limit, size_t* c
   return units;
 }
 
-void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<std::mutex>& lock) {
-  uint64_t first = UINT64_MAX, end = 0, cost = 0;
+void Prefetcher::claim_locked(const std::vector<int>& units) {
   for (int unit : units) {
     state_[unit] = State::Loading;
     in_flight_ += cost_[unit];
+  }
+  stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
+}
+
+void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<std::mutex>& lock) {
+  uint64_t first = UINT64_MAX, end = 0, cost = 0;
+  for (int unit : units) {
     cost += cost_[unit];
     if (cost_[unit] == 0) continue;
     ByteRange extent = extent_of(units_[unit]);
     first = std::min(first, extent.offset);
     end = std::max(end, extent.offset + extent.length);
   }
-  stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
   bool continues = first >= last_read_end_ && first - last_read_end_ <= kReadContinuesWithin;
   ByteRange spill;
   if (cost > 0) {
@@ -305,6 +313,17 @@ void Prefetcher::release_locked(int unit) {
 void Prefetcher::worker_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
+    claimed_cv_.wait(lock, [&] { return stop_ || !claimed_.empty(); });
+    if (stop_) return;
+    std::vector<int> group = std::move(claimed_.front());
+    claimed_.pop_front();
+    load_unlocked(group, lock);
+  }
+}
+
+void Prefetcher::claim_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
     std::vector<int> group;
     size_t covered = 0;
     work_cv_.wait(lock, [&] {
@@ -326,7 +345,24 @@ void Prefetcher::worker_loop() {
     if (stop_) return;
     cursor_ = (cursor_ + covered) % order_.size();
     ahead_ += covered;
-    if (!group.empty()) load_unlocked(group, lock);
+    if (group.empty()) continue;
+    claim_locked(group);
+    if (direct()) {
+      // The memory is made ready while the readers read the groups before this one. What
+      // fails here fails again in the read, which reports it to the unit's wait().
+      std::vector<ByteRange> runs;
+      for (int unit : group) {
+        if (!options_.on_demand[unit]) runs.insert(runs.end(), runs_[unit].begin(), runs_[unit].end());
+      }
+      lock.unlock();
+      try {
+        for (const auto& r : runs) mapping_->prepare(r.offset, r.length);
+      } catch (const std::exception&) {
+      }
+      lock.lock();
+    }
+    claimed_.push_back(std::move(group));
+    claimed_cv_.notify_one();
   }
 }
 
@@ -386,6 +422,7 @@ void Prefetcher::wait(int unit) {
   ++in_use_[unit];
   while (!stop_ && streamed_[unit] && state_[unit] != State::Ready) {
     if (state_[unit] == State::Idle) {
+      claim_locked({unit});
       load_unlocked({unit}, lock);
     } else {
       ready_cv_.wait(lock);

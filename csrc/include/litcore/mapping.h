@@ -64,6 +64,14 @@ class Mapping {
   // direct reads are refused (the caller reads through the page cache instead). Throws
   // IOError naming the file as fill_cache does, and when memory cannot be had or moved.
   bool place(uint64_t offset, uint64_t length) const;
+  // Makes the memory for a later place() of the same range ready now: allocated and faulted
+  // in on the caller's thread, so that the direct reads into it need not stop to have every
+  // page zeroed first (a reader thread preparing the next range while the previous one is
+  // read streams faster, docs/benchmarks.md). Returns false, preparing nothing, where direct
+  // reads are refused. Memory prepared and not placed is freed by discard_prepared(), by
+  // release() of a range holding it, or with the mapping.
+  bool prepare(uint64_t offset, uint64_t length) const;
+  void discard_prepared() const;
   // Bytes put in place and not released.
   uint64_t placed_bytes() const;
   // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,

@@ -1,12 +1,15 @@
 // The prefetch reader: brings units (one module's weights: a few byte ranges) into memory
 // on native threads, ahead of use, in a recorded cyclic order, within a byte window; and
 // drops them from memory and page cache right after use. Units stored in the file in
-// another order than they run are read together, in file order (read_groups.h).
+// another order than they run are read together, in file order (read_groups.h). One thread
+// claims what comes next as the window makes room (and, for direct reads, makes its memory
+// ready); the readers read what was claimed, in that order.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <cstdint>
@@ -129,10 +132,17 @@ class Prefetcher {
  private:
   enum class State { Idle, Loading, Ready, Releasing };
 
+  // Claims the read groups ahead in the order as the window has room for them and, with
+  // direct reads, prepares their memory (Mapping::prepare) while the reader reads the group
+  // before; queues them for the readers.
+  void claim_loop();
+  // Reads the claimed groups, in the order they were claimed.
   void worker_loop();
   // Reads `units` (one read group) in file order and maps them.
   void read(const std::vector<int>& units);
-  // Marks `units` Loading, reads them with `lock` released, marks them Ready.
+  // Marks `units` Loading: their bytes count in the window from now on.
+  void claim_locked(const std::vector<int>& units);
+  // Reads claimed `units` with `lock` released, marks them Ready.
   void load_unlocked(const std::vector<int>& units, std::unique_lock<std::mutex>& lock);
   // The units of the group at order position `pos` still to read (not consumed, Idle), at
   // most `limit` positions, and the positions covered.
@@ -160,7 +170,8 @@ class Prefetcher {
 
   std::atomic<uint64_t> lookup_cache_bytes_{0};
   mutable std::mutex mu_;
-  std::condition_variable work_cv_;
+  std::condition_variable work_cv_;   // the claimer: the window or the order changed
+  std::condition_variable claimed_cv_;  // the readers: a group was claimed
   std::condition_variable ready_cv_;
   std::vector<State> state_;
   std::vector<int> in_use_;
@@ -170,6 +181,7 @@ class Prefetcher {
   std::vector<int> order_;
   std::vector<size_t> group_end_;  // per position of order_: one past its read group's end
   std::vector<bool> taken_;  // positions of order_ consumed out of order, ahead of expected_
+  std::deque<std::vector<int>> claimed_;  // groups claimed (Loading), not yet being read
   size_t expected_ = 0;  // position in order_ of the next wait()
   size_t cursor_ = 0;    // next position the workers will consider
   size_t ahead_ = 0;     // positions between expected_ and cursor_
@@ -180,7 +192,7 @@ class Prefetcher {
   ByteRange spill_;
   bool stop_ = false;
   PrefetchStats stats_;
-  std::vector<std::thread> threads_;
+  std::vector<std::thread> threads_;  // the claimer, then the readers
 };
 
 }  // namespace litcore

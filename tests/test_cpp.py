@@ -38,6 +38,7 @@ def test_cpp_threads_read_prefetch_and_release(tmp, cpp_tests):
     r = subprocess.run([str(cpp_tests / "concurrency_check"), str(tmp / "c.lit")], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "errors 0" in r.stdout, r.stdout + r.stderr
+    assert "direct reads" in r.stdout, "the direct-read half ran through the page cache: " + r.stdout
 
 
 def test_cpp_auto_budget_decisions(cpp_tests):

@@ -413,6 +413,13 @@ void Mapping::discard_prepared() const {
   impl_->discard_prepared_locked(0, UINT64_MAX);
 }
 
+uint64_t Mapping::prepared_bytes() const {
+  std::lock_guard<std::mutex> lock(impl_->placed_mu);
+  uint64_t n = 0;
+  for (const auto& [offset, block] : impl_->prepared) n += block.second;
+  return n;
+}
+
 bool Mapping::place(uint64_t offset, uint64_t length) const {
   uint64_t ps = page_size();
   if (!impl_->direct_supported || length == 0 || offset % ps != 0 || offset >= impl_->size) return false;

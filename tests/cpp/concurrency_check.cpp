@@ -40,10 +40,13 @@ int main(int argc, char** argv) {
     for (const auto& [off, len] : store.byte_ranges({k})) r.push_back({off, len});
     units.push_back(r);
   }
-  {
+  // Through the page cache, and with direct reads into memory the claimer made ready (where
+  // the file system takes direct reads); afterwards nothing stays placed or prepared.
+  for (auto mode : {litcore::ReadMode::Sendfile, litcore::ReadMode::Direct}) {
     litcore::Prefetcher::Options options;
     options.window_bytes = 1 << 20;
     options.threads = 2;
+    options.read_mode = mode;
     litcore::Prefetcher prefetcher(store.mapping(), units, options);
     std::vector<int> order(units.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
@@ -61,6 +64,15 @@ int main(int argc, char** argv) {
       });
     }
     for (auto& t : drivers) t.join();
+    prefetcher.release_all();
+    if (mode == litcore::ReadMode::Direct && prefetcher.read_mode() == litcore::ReadMode::Direct) {
+      std::cout << "direct reads\n";
+    }
+  }
+  if (store.mapping()->placed_bytes() != 0 || store.mapping()->prepared_bytes() != 0) {
+    std::cout << "left placed " << store.mapping()->placed_bytes() << " prepared " << store.mapping()->prepared_bytes()
+              << "\n";
+    ++errors;
   }
   for (size_t i = 0; i + 1 < threads.size(); ++i) threads[i].join();
   stop = true;

@@ -72,6 +72,8 @@ class Mapping {
   // release() of a range holding it, or with the mapping.
   bool prepare(uint64_t offset, uint64_t length) const;
   void discard_prepared() const;
+  // Bytes prepared and not yet placed or freed.
+  uint64_t prepared_bytes() const;
   // Bytes put in place and not released.
   uint64_t placed_bytes() const;
   // Drops the range from the page cache only (POSIX_FADV_DONTNEED): pages any process maps,

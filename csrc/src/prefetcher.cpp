@@ -368,7 +368,7 @@ void Prefetcher::claim_loop() {
 
 void Prefetcher::advance_locked() {
   size_t n = order_.size();
-  // The front position is consumed: the workers either handled it already or skip past it.
+  // The front position is consumed: the claimer either claimed it already or skips past it.
   for (size_t i = 0; i < n; ++i) {
     if (ahead_ > 0) {
       --ahead_;
@@ -408,7 +408,7 @@ void Prefetcher::wait(int unit) {
       }
       if (ahead_ >= k) {
         ahead_ -= k;
-      } else {  // the workers are behind: skip them past this position
+      } else {  // the claimer is behind: skip it past this position
         ahead_ = 0;
         cursor_ = pos;
       }

@@ -56,7 +56,7 @@ struct PrefetchStats {
   uint64_t misses = 0;        // wait() had to wait for, or do, the read
   uint64_t mispredicts = 0;   // wait() for a unit other than the predicted next one
   double wait_seconds = 0;    // time wait() blocked the caller
-  double read_seconds = 0;    // time spent reading units (on the workers or in wait())
+  double read_seconds = 0;    // time spent reading units (on the readers or in wait())
   uint64_t timed_bytes = 0;   // the bytes those reads brought in
   // Reads that did not continue the previous one (the planner's seek cost comes from these).
   uint64_t seek_reads = 0;
@@ -183,7 +183,7 @@ class Prefetcher {
   std::vector<bool> taken_;  // positions of order_ consumed out of order, ahead of expected_
   std::deque<std::vector<int>> claimed_;  // groups claimed (Loading), not yet being read
   size_t expected_ = 0;  // position in order_ of the next wait()
-  size_t cursor_ = 0;    // next position the workers will consider
+  size_t cursor_ = 0;    // next position the claimer will consider
   size_t ahead_ = 0;     // positions between expected_ and cursor_
   uint64_t in_flight_ = 0;
   uint64_t last_read_end_ = 0;  // file offset where the latest read ended

@@ -33,6 +33,10 @@ def _fmt(value: Optional[float], spec: str = ".2f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _ratio(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
 def one_line(r: Dict) -> str:
     limit = f"{r['limit_mb']} MB" if r["limit_mb"] else "none"
     if "error" in r:
@@ -96,14 +100,16 @@ def floor_table(rows: List[Dict]) -> str:
         if r.get("streamed_bytes_per_forward") and not speeds:
             continue  # the probe failed: no floor to show
         io = r["streamed_bytes_per_forward"] / bandwidth if speeds else 0.0
-        floor_forward = max(compute_forward, io)
-        floor_tok_s = 1 / max(compute_token, io)
+        # Without the in-memory row, a row with nothing streamed has no floor to show.
+        floor_forward = max(compute_forward, io) or None
+        floor_tok_s = 1 / max(compute_token, io) if max(compute_token, io) > 0 else None
         regime = ("—" if ref is None else "all resident" if io == 0 else "IO-bound" if io > compute_forward
                   else "compute-bound")
+        forward_ratio = r["steady_forward_s"] / floor_forward if floor_forward else None
+        token_ratio = floor_tok_s / r["generate_tok_s"] if floor_tok_s else None
         lines.append(f"| {r['system']} | {r['limit_mb']} MB | {regime} | {r['streamed_bytes_per_forward'] / 1e9:.2f} | "
-                     f"{shown} | {floor_forward:.2f} | "
-                     f"{r['steady_forward_s']:.2f} | {r['steady_forward_s'] / floor_forward:.2f}x | {floor_tok_s:.2f} | "
-                     f"{r['generate_tok_s']:.2f} | {floor_tok_s / r['generate_tok_s']:.2f}x |")
+                     f"{shown} | {_fmt(floor_forward)} | {r['steady_forward_s']:.2f} | {_ratio(forward_ratio)} | "
+                     f"{_fmt(floor_tok_s)} | {r['generate_tok_s']:.2f} | {_ratio(token_ratio)} |")
     out = "\n".join(lines) if len(lines) > 2 else ""
     if len(cold) > 2:
         out += ("\n\nCold start, no limit (weights evicted from the page cache first; compute = the in-memory "

@@ -62,3 +62,18 @@ def test_read_path_benchmark_runs(tmp):
     assert [(c[0].strip(), c[1].strip()) for c in rows] == [
         (mode, layout) for layout in ("contiguous", "gaps") for mode in ("sendfile", "pread", "populate", "exact")]
     assert all(float(c[3]) > 0 for c in rows), r.stdout
+
+
+def test_floor_table_without_the_in_memory_row():
+    """Run without the in-memory system, a row with nothing streamed has no floor: the report
+    shows dashes there instead of dividing by zero, and still the floor of a streaming row."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import report
+
+    rows = [{"system": "litcore", "limit_mb": 2400, "streamed_bytes_per_forward": 0, "steady_forward_s": 0.15,
+             "generate_tok_s": 7.4},
+            {"system": "litcore", "limit_mb": 1200, "streamed_bytes_per_forward": 1_200_000_000,
+             "disk_bytes_per_s": [2e9, 2e9], "steady_forward_s": 0.66, "generate_tok_s": 1.44}]
+    lines = report.floor_table(rows).splitlines()
+    assert lines[2] == "| litcore | 2400 MB | — | 0.00 | — | — | 0.15 | — | — | 7.40 | — |"
+    assert lines[3] == "| litcore | 1200 MB | — | 1.20 | 2.00 / 2.00 | 0.60 | 0.66 | 1.10x | 1.67 | 1.44 | 1.16x |"

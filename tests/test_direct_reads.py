@@ -76,6 +76,32 @@ def test_streamed_weights_are_read_past_the_page_cache(tmp_path):
     lit.close()
 
 
+def test_a_name_ordered_file_plans_as_a_model_ordered_one(tmp_path):
+    """Direct reads read each module alone wherever the file stores it: a file in name order
+    (what `litcore convert` writes from a safetensors file) keeps the window and the resident
+    weights of a model-ordered one, and runs bit-exact. Through the page cache its window
+    must hold read groups (a layer's block, read in file order) and is larger."""
+    from transformers import LlamaForCausalLM
+    sd = _reference().state_dict()
+    litcore.save(sd, tmp_path / "model.lit")
+    litcore.save(dict(sorted(sd.items())), tmp_path / "name.lit")
+    if not _takes_direct_reads(tmp_path / "name.lit"):
+        pytest.skip(f"the file system of {tmp_path} takes no direct reads")
+    ids = torch.randint(3, 1000, (1, 12), generator=torch.Generator().manual_seed(0))
+    plans = {}
+    for order in ("model", "name"):
+        for read_mode in ("direct", "sendfile"):
+            lit = litcore.LitModule.from_params(tmp_path / f"{order}.lit", lambda: LlamaForCausalLM(_config()),
+                                                memory_budget=8 << 20, read_mode=read_mode)
+            lit(ids)  # the plan for the order the forward ran in
+            stats = lit.stats()
+            plans[order, read_mode] = (stats["window_bytes"], stats["resident_bytes"])
+            lit.close()
+    assert plans["name", "direct"] == plans["model", "direct"]
+    assert plans["name", "sendfile"][0] > plans["model", "sendfile"][0]
+    _check_run(tmp_path / "name.lit")
+
+
 def test_a_file_system_without_direct_reads_falls_back(tmp_path):
     shm = "/dev/shm"
     if not os.path.isdir(shm) or _takes_direct_reads_dir(shm):

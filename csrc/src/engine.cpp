@@ -136,7 +136,13 @@ Engine::~Engine() {
 
 Plan Engine::plan_for(const std::vector<int>& order, const std::set<int>& ran, const PassRates& rates,
                       int current_runs) const {
-  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, planned_read_group(units_, order, ranges_, budget_));
+  // Direct reads have no readahead to keep sequential: each unit is read alone wherever the
+  // file stores it, so the window holds no read groups (a name-ordered file plans as a
+  // model-ordered one).
+  bool direct = prefetcher_ ? prefetcher_->read_mode() == ReadMode::Direct
+                            : resolve_read_mode(options_.read_mode, *store_->mapping()) == ReadMode::Direct;
+  uint64_t group = direct ? 0 : planned_read_group(units_, order, ranges_, budget_);
+  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group);
 }
 
 std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& units) const {

@@ -162,7 +162,9 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   }
   streamed_ = streamed;
   order_ = order;
-  group_end_ = read_groups(order_, units_, options_.on_demand, options_.window_bytes / 2);
+  // Direct reads gain nothing from reading a block in file order (no readahead to keep
+  // going): each unit is read alone, as soon as it is next.
+  group_end_ = read_groups(order_, units_, options_.on_demand, direct() ? 0 : options_.window_bytes / 2);
   taken_.assign(order_.size(), false);
   expected_ = cursor_ = ahead_ = 0;
   for (size_t g = 0; g < units_.size(); ++g) {

@@ -103,7 +103,7 @@ class Prefetcher {
 
   // The cyclic order in which streamed units are expected (repeats allowed). Units that
   // never appear are resident: wait()/done() ignore them. Releases what the old order had.
-  // Cuts the order into read groups of at most half the window.
+  // Cuts the order into read groups of at most half the window (direct reads: a unit each).
   void set_order(const std::vector<int>& order);
   // A new window (a new plan); takes effect with the next set_order().
   void set_window(uint64_t window_bytes);

@@ -94,15 +94,16 @@ def floor_table(rows: List[Dict]) -> str:
                 fill_floor = r["file_bytes"] / (sum(fills) / len(fills)) + compute_forward if fills else None
                 cold.append(f"| {r['system']} | {r['file_bytes'] / 1e9:.2f} | {shown} | "
                             f"{' / '.join(f'{v / 1e9:.2f}' for v in fills) or '—'} | {floor:.2f} | "
-                            f"{_fmt(fill_floor)} | {took:.2f} | {took / floor:.2f}x | "
-                            f"{'—' if fill_floor is None else f'{took / fill_floor:.2f}x'} |")
+                            f"{_fmt(fill_floor)} | {took:.2f} | {_ratio(took / floor)} | "
+                            f"{_ratio(None if fill_floor is None else took / fill_floor)} |")
             continue
         if r.get("streamed_bytes_per_forward") and not speeds:
             continue  # the probe failed: no floor to show
         io = r["streamed_bytes_per_forward"] / bandwidth if speeds else 0.0
         # Without the in-memory row, a row with nothing streamed has no floor to show.
         floor_forward = max(compute_forward, io) or None
-        floor_tok_s = 1 / max(compute_token, io) if max(compute_token, io) > 0 else None
+        token_seconds = max(compute_token, io)
+        floor_tok_s = 1 / token_seconds if token_seconds > 0 else None
         regime = ("—" if ref is None else "all resident" if io == 0 else "IO-bound" if io > compute_forward
                   else "compute-bound")
         forward_ratio = r["steady_forward_s"] / floor_forward if floor_forward else None

@@ -103,6 +103,14 @@ struct Mapping::Impl {
     return block;
   }
 
+  // The page-rounded length place() and prepare() take for [offset, offset + length), or 0
+  // where nothing can be placed (no direct reads, an offset off a page or past the end).
+  uint64_t placeable_length(uint64_t offset, uint64_t length) const {
+    uint64_t ps = page_size();
+    if (!direct_supported || length == 0 || offset % ps != 0 || offset >= size) return 0;
+    return (std::min(length, size - offset) + ps - 1) / ps * ps;
+  }
+
   // The block prepared for exactly [offset, offset + len), taken out of `prepared`; nullptr
   // when there is none. Under placed_mu.
   uint8_t* take_prepared_locked(uint64_t offset, uint64_t len) {
@@ -394,9 +402,8 @@ void fault_in_writable(uint8_t* block, uint64_t len) {
 }  // namespace
 
 bool Mapping::prepare(uint64_t offset, uint64_t length) const {
-  uint64_t ps = page_size();
-  if (!impl_->direct_supported || length == 0 || offset % ps != 0 || offset >= impl_->size) return false;
-  uint64_t len = (std::min(length, impl_->size - offset) + ps - 1) / ps * ps;
+  uint64_t len = impl_->placeable_length(offset, length);
+  if (len == 0) return false;
   {
     std::lock_guard<std::mutex> lock(impl_->placed_mu);
     if (impl_->prepared.count(offset) || impl_->placed.count(offset)) return true;
@@ -421,10 +428,8 @@ uint64_t Mapping::prepared_bytes() const {
 }
 
 bool Mapping::place(uint64_t offset, uint64_t length) const {
-  uint64_t ps = page_size();
-  if (!impl_->direct_supported || length == 0 || offset % ps != 0 || offset >= impl_->size) return false;
-  length = std::min(length, impl_->size - offset);
-  uint64_t len = (length + ps - 1) / ps * ps;
+  uint64_t len = impl_->placeable_length(offset, length);
+  if (len == 0) return false;
   uint8_t* block;
   {
     std::lock_guard<std::mutex> lock(impl_->placed_mu);

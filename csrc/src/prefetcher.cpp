@@ -180,7 +180,7 @@ void Prefetcher::set_window(uint64_t window_bytes) {
   options_.window_bytes = window_bytes;
 }
 
-void Prefetcher::read(const std::vector<int>& units) {
+std::vector<ByteRange> Prefetcher::ranges_to_read(const std::vector<int>& units) const {
   // On-demand units' pages come in by fault, only those touched.
   std::vector<ByteRange> ranges;
   for (int unit : units) {
@@ -189,6 +189,11 @@ void Prefetcher::read(const std::vector<int>& units) {
   }
   // In file order: a group's units, and a unit's own tensors, may be stored in any order.
   sort_by_offset(ranges);
+  return ranges;
+}
+
+void Prefetcher::read(const std::vector<int>& units) {
+  std::vector<ByteRange> ranges = ranges_to_read(units);
   if (direct()) {
     size_t placed = 0;
     while (placed < ranges.size() && mapping_->place(ranges[placed].offset, ranges[placed].length)) ++placed;
@@ -352,10 +357,7 @@ void Prefetcher::claim_loop() {
     if (direct()) {
       // The memory is made ready while the readers read the groups before this one. What
       // fails here fails again in the read, which reports it to the unit's wait().
-      std::vector<ByteRange> runs;
-      for (int unit : group) {
-        if (!options_.on_demand[unit]) runs.insert(runs.end(), runs_[unit].begin(), runs_[unit].end());
-      }
+      std::vector<ByteRange> runs = ranges_to_read(group);
       lock.unlock();
       try {
         for (const auto& r : runs) mapping_->prepare(r.offset, r.length);

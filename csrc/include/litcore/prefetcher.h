@@ -138,6 +138,9 @@ class Prefetcher {
   void claim_loop();
   // Reads the claimed groups, in the order they were claimed.
   void worker_loop();
+  // The byte ranges a read of `units` brings in, in file order: with direct reads their
+  // page runs, on-demand units left out.
+  std::vector<ByteRange> ranges_to_read(const std::vector<int>& units) const;
   // Reads `units` (one read group) in file order and maps them.
   void read(const std::vector<int>& units);
   // Marks `units` Loading: their bytes count in the window from now on.

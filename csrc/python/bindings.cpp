@@ -251,6 +251,7 @@ PYBIND11_MODULE(_C, m) {
         e.replan(r);
       })
       .def("streams", &Engine::streams)
+      .def("warming_up", &Engine::warming_up)
       .def("plan", [](const Engine& e) { return plan_tuple(e.plan()); })
       .def("units", [](const Engine& e) { return unit_tuples(e.units()); })
       .def("order", &Engine::order)

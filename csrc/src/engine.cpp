@@ -115,6 +115,8 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     std::function<void(size_t)> check;
     if (options_.verify == Verify::Lazy) check = [this, resident](size_t i) { store_->verify_once(tensors_[resident[i]]); };
     if (!resident.empty()) warmup_ = std::make_unique<WarmupReader>(store_->mapping(), ranges_of(resident), check);
+    warmup_slot_.assign(units_.size(), -1);
+    for (size_t k = 0; k < resident.size(); ++k) warmup_slot_[resident[k]] = static_cast<int>(k);
   }
   if (plan_.streams()) {
     Prefetcher::Options po;
@@ -171,9 +173,10 @@ void Engine::begin(bool restart) {
   std::lock_guard<std::mutex> lock(mu_);
   if (restart && depth_ > 0) abandon_locked();
   if (depth_++ > 0) return;
-  // A second reader beside the forward's own would slow both (one stream reads at the
-  // disk's speed, two interleaved at well under half): the warm-up steps aside.
-  if (warmup_) warmup_->stop();
+  // A second reader beside the prefetch reader would slow both (one stream reads at the
+  // disk's speed, two interleaved at well under half): the warm-up steps aside. When nothing
+  // streams it goes on, and enter() waits for what it reads.
+  if (warmup_ && prefetcher_) warmup_->stop();
   if (peak_) peak_->reset();
   pass_order_.clear();
   open_.clear();
@@ -185,7 +188,12 @@ void Engine::enter(int unit) {
     throw std::out_of_range("litcore: unit " + std::to_string(unit) + " out of range (" +
                             std::to_string(units_.size()) + " units)");
   }
-  if (!prefetcher_) return;  // everything resident: nothing to bring in, nothing to learn
+  if (!prefetcher_) {
+    // Everything resident: nothing to stream, nothing to learn. A cold unit is read by the
+    // warm-up's readers (or here) rather than by this forward's page faults.
+    if (warmup_ && warmup_slot_[unit] >= 0) warmup_->wait(static_cast<size_t>(warmup_slot_[unit]));
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (depth_ > 0) pass_order_.push_back(unit);
@@ -417,6 +425,8 @@ uint64_t Engine::budget() const {
   std::lock_guard<std::mutex> lock(mu_);
   return budget_;
 }
+
+bool Engine::warming_up() const { return warmup_ && !prefetcher_ && !warmup_->finished(); }
 
 bool Engine::streams() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -1,5 +1,6 @@
 #include "litcore/format.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -164,6 +165,13 @@ int64_t TensorInfo::numel() const {
 const TensorInfo* FileIndex::find(const std::string& name) const {
   auto it = by_name.find(name);
   return it == by_name.end() ? nullptr : &tensors[it->second];
+}
+
+uint64_t header_and_index_bytes(const uint8_t* data, uint64_t size) {
+  if (size < kOffIndexSize + sizeof(uint64_t)) return std::min(size, kHeaderSize);
+  uint64_t index_size = 0;
+  std::memcpy(&index_size, data + kOffIndexSize, sizeof index_size);
+  return std::min(size, kHeaderSize + std::min(index_size, kMaxIndexBytes));
 }
 
 FileIndex parse_file(const uint8_t* data, uint64_t size, const std::string& path) {

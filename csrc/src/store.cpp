@@ -10,6 +10,7 @@ namespace litcore {
 
 Store::Store(const std::string& path, Verify verify)
     : path_(path), mapping_(std::make_shared<Mapping>(path)), verify_mode_(verify) {
+  read_header_and_index();
   index_ = parse_file(mapping_->addr(), mapping_->size(), path_);
   verified_.reset(new std::atomic<bool>[index_.tensors.size()]);
   for (size_t i = 0; i < index_.tensors.size(); ++i) verified_[i] = false;
@@ -26,6 +27,15 @@ Store::Store(const std::string& path, Verify verify)
 }
 
 Store::~Store() = default;
+
+void Store::read_header_and_index() {
+  // Without readahead: a parse that faults the header in reads megabytes of weights around
+  // it in large page-cache folios, marked so that reading on from them keeps reading ahead
+  // even through the warm-up's descriptor whose readahead is off (docs/benchmarks.md, "the
+  // cold start in small folios"). parse_file() checks what these bytes say.
+  mapping_->fill_cache_exact(0, kHeaderSize);
+  mapping_->fill_cache_exact(0, header_and_index_bytes(mapping_->addr(), mapping_->size()));
+}
 
 std::vector<std::string> Store::keys() const {
   std::vector<std::string> out;

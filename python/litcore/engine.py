@@ -61,8 +61,10 @@ class Engine:
         return plan_from_native(self.native.plan(), self.units)
 
     def hooked_units(self) -> List[int]:
-        """Units whose modules need enter/exit hooks: the streamable ones, if anything streams."""
-        return [i for i, u in enumerate(self.units) if u.streamable] if self.native.streams() else []
+        """Units whose modules need enter/exit hooks: the streamable ones, if anything streams
+        or the warm-up is still reading (a cold unit's forward then waits for its read)."""
+        hooked = self.native.streams() or self.native.warming_up()
+        return [i for i, u in enumerate(self.units) if u.streamable] if hooked else []
 
     def passes(self) -> List[Dict[str, Any]]:
         return self.native.passes()

@@ -20,7 +20,6 @@ def install(root: nn.Module, units: Dict[int, nn.Module], engine,
     LitModule, so dropping the LitModule frees everything by reference counting alone.
     """
     report = weakref.WeakMethod(on_pass) if on_pass is not None else None
-    handles: List[RemovableHandle] = []
 
     def root_pre(module: nn.Module, args: tuple) -> None:
         engine.begin()
@@ -35,7 +34,15 @@ def install(root: nn.Module, units: Dict[int, nn.Module], engine,
         if callback is not None:
             callback()
 
-    handles.append(root.register_forward_pre_hook(root_pre, prepend=True))
+    handles = [root.register_forward_pre_hook(root_pre, prepend=True)]
+    handles += install_units(units, engine)
+    handles.append(root.register_forward_hook(root_post, always_call=True))
+    return handles
+
+
+def install_units(units: Dict[int, nn.Module], engine) -> List[RemovableHandle]:
+    """Hooks every module in `units` (unit index -> module) to enter and exit its unit."""
+    handles: List[RemovableHandle] = []
     for uid, module in units.items():
         def pre(module: nn.Module, args: tuple, uid: int = uid) -> None:
             engine.enter(uid)
@@ -45,7 +52,6 @@ def install(root: nn.Module, units: Dict[int, nn.Module], engine,
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post, always_call=True))
-    handles.append(root.register_forward_hook(root_post, always_call=True))
     return handles
 
 

@@ -82,6 +82,7 @@ class LitModule:
         self.verbose = verbose
         self.device = torch.device(device)
         self._handles: Optional[list] = None
+        self._unit_handles: list = []
         budget = resolve_budget(memory_budget)
         if self.device.type == "cuda":
             _require_cuda(self.device)
@@ -97,7 +98,10 @@ class LitModule:
             self.engine = Engine(store, binding.specs(module), memory_budget=0 if auto else budget, threads=threads,
                                  read_mode=read_mode, verify=verify)
         hooked = {i: binding.units[i].module for i in self.engine.hooked_units()}
-        self._handles = hooks.install(module, hooked, self.engine, self._report)
+        # Apart from the pass bounds: removed once nothing needs them (a warm-up that ended).
+        # First, so that a root module that is a unit exits before the pass ends.
+        self._unit_handles = hooks.install_units(hooked, self.engine)
+        self._handles = hooks.install(module, {}, self.engine, self._report)
 
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
@@ -159,6 +163,10 @@ class LitModule:
 
     def _report(self) -> None:
         """After each forward: the engine's warnings, and a line of figures when verbose."""
+        if self._unit_handles and not self.engine.hooked_units():
+            # Every weight resident and read in: calls cost nothing extra from now on.
+            hooks.remove(self._unit_handles)
+            self._unit_handles = []
         for message in self.engine.take_warnings():
             warnings.warn(message, stacklevel=3)
         if not (self.verbose or log.isEnabledFor(logging.INFO)):
@@ -198,7 +206,9 @@ class LitModule:
         """Removes the hooks, stops the IO threads and unbinds the weights, so the file is
         unmapped even while someone still holds `.module` (which becomes unusable)."""
         hooks.remove(self._handles)
+        hooks.remove(self._unit_handles)
         self._handles = None
+        self._unit_handles = []
         self.engine.close()
         for mod in self.module.modules():
             for name, p in list(mod._parameters.items()):

@@ -123,6 +123,9 @@ class Engine {
   void replan(const PassRates& rates);
 
   bool streams() const;
+  // Nothing streams and the warm-up reader is still reading: enter() waits for the units it
+  // reads (callers that skip enter() when nothing streams call it until this turns false).
+  bool warming_up() const;
   Plan plan() const;
   std::vector<ModulePlacement> placements() const;
   const std::vector<Unit>& units() const { return units_; }
@@ -186,6 +189,7 @@ class Engine {
   std::vector<std::string> warnings_;
   std::unique_ptr<Prefetcher> prefetcher_;
   std::unique_ptr<WarmupReader> warmup_;
+  std::vector<int> warmup_slot_;  // per unit, its index in the warm-up's list (-1: not there)
 };
 
 }  // namespace litcore

@@ -56,6 +56,11 @@ struct FileIndex {
 // bounds and overflow before use. Throws FormatError naming `path` (and the tensor).
 FileIndex parse_file(const uint8_t* data, uint64_t size, const std::string& path);
 
+// The bytes from the start of a file of `size` bytes that its header and index take, as the
+// header at `data` says, within the file and the format's limits (unchecked otherwise:
+// parse_file() checks it). Reads only the header's first page.
+uint64_t header_and_index_bytes(const uint8_t* data, uint64_t size);
+
 // ---- writing --------------------------------------------------------------------------
 
 // What a writer knows about a tensor before its data arrives.

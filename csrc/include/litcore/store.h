@@ -67,6 +67,8 @@ class Store {
   const std::shared_ptr<Mapping>& mapping() const;
 
  private:
+  // Brings the header and index into the page cache before parse_file() reads them.
+  void read_header_and_index();
   void check_lazy(size_t i) const;
 
   std::string path_;

@@ -115,7 +115,7 @@ def floor_table(rows: List[Dict]) -> str:
     if len(cold) > 2:
         out += ("\n\nCold start, no limit (weights evicted from the page cache first; compute = the in-memory "
                 "model's steady forward; fill = the whole file read into fresh page cache and kept, two "
-                "readers, `disk_probe.py --fill`):\n\n" + "\n".join(cold))
+                "readers, readahead off, `disk_probe.py --fill`):\n\n" + "\n".join(cold))
     return out
 
 

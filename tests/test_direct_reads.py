@@ -100,6 +100,7 @@ def test_a_name_ordered_file_plans_as_a_model_ordered_one(tmp_path):
     assert plans["name", "direct"] == plans["model", "direct"]
     assert plans["name", "sendfile"][0] > plans["model", "sendfile"][0]
     _check_run(tmp_path / "name.lit")
+    _check_run(tmp_path / "name.lit", read_mode="sendfile")  # read groups claimed in file order
 
 
 def test_a_file_system_without_direct_reads_falls_back(tmp_path):

@@ -276,3 +276,20 @@ def test_read_groups_join_a_shuffled_layer_and_ignore_small_steps_back():
     # (here the attention's q, k, v, o; the MLP's 69 MiB is too large too).
     units, ranges = _layer_units(layer, name_order)
     assert read_group_bytes(units, list(range(len(units))), ranges, 2 * whole) == 18 * MiB
+
+
+def test_the_window_holds_one_read_group_and_the_largest_unit():
+    """The reader claims a group's units in file order as the window makes room (the group
+    before gives its units back as they compute), so the window holds one group beside the
+    largest unit, not two groups: the difference stays resident."""
+    MiB = 2**20
+    layer = [("in_ln", 4096), ("q", 8 * MiB), ("k", MiB), ("v", MiB), ("o", 8 * MiB), ("post_ln", 4096),
+             ("gate", 22 * MiB), ("up", 22 * MiB), ("down", 22 * MiB)]
+    units = [Unit(f"{n}{i}", b, True) for i in range(16) for n, b in layer]
+    group = sum(b for _, b in layer)
+    budget = 600 * MiB
+    grouped = make_plan(units, list(range(len(units))), budget, read_group_bytes=group)
+    alone = make_plan(units, list(range(len(units))), budget)
+    assert alone.window_bytes == 2 * 22 * MiB
+    assert grouped.window_bytes == group + 22 * MiB
+    assert grouped.resident_bytes + grouped.window_bytes <= budget

@@ -163,8 +163,12 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   streamed_ = streamed;
   order_ = order;
   // Direct reads gain nothing from reading a block in file order (no readahead to keep
-  // going): each unit is read alone, as soon as it is next.
-  group_end_ = read_groups(order_, units_, options_.on_demand, direct() ? 0 : options_.window_bytes / 2);
+  // going): each unit is read alone, as soon as it is next. A group fits the window beside
+  // the largest unit (the planner sizes it so): one group computes while the next is read.
+  uint64_t largest = 0;
+  for (int g : order_) largest = std::max(largest, cost_[g]);
+  uint64_t max_group = std::max(options_.window_bytes / 2, options_.window_bytes - std::min(largest, options_.window_bytes));
+  group_end_ = read_groups(order_, units_, options_.on_demand, direct() ? 0 : max_group);
   taken_.assign(order_.size(), false);
   expected_ = cursor_ = ahead_ = 0;
   for (size_t g = 0; g < units_.size(); ++g) {
@@ -345,9 +349,22 @@ void Prefetcher::claim_loop() {
       }
       // Never past the position being consumed.
       group = group_at_locked(cursor_, order_.size() - ahead_, &covered);
+      // A group is read in file order: its units are claimed in that order as the window
+      // makes room (the group before releases its units as they compute), the rest later.
+      std::sort(group.begin(), group.end(),
+                [&](int a, int b) { return extent_of(units_[a]).offset < extent_of(units_[b]).offset; });
+      size_t fit = 0;
       uint64_t cost = 0;
-      for (int unit : group) cost += cost_[unit];
-      return in_flight_ == 0 || in_flight_ + cost <= options_.window_bytes;
+      while (fit < group.size() && in_flight_ + cost + cost_[group[fit]] <= options_.window_bytes) {
+        cost += cost_[group[fit++]];
+      }
+      if (fit == 0 && in_flight_ == 0 && !group.empty()) fit = 1;
+      if (fit == 0 && !group.empty()) return false;
+      if (fit < group.size()) {
+        group.resize(fit);
+        covered = 0;  // the claimer comes back to this group for the rest
+      }
+      return true;
     });
     if (stop_) return;
     cursor_ = (cursor_ + covered) % order_.size();

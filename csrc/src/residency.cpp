@@ -66,10 +66,11 @@ Fill start_fill(const std::vector<Unit>& units, const std::vector<int>& candidat
   f.resident = f.forced = forced;
   std::sort(sizes.begin(), sizes.end());
   uint64_t median = sizes.empty() ? 0 : sizes[sizes.size() / 2];
-  // Units the reader reads together (read_groups.h) are one read.
-  if (!rest.empty()) largest = std::max(largest, read_group);
   // Two of the largest: the reader can fetch the next one while the current one computes.
   uint64_t window = std::max(2 * largest, largest + static_cast<uint64_t>(std::max(depth - 1, 0)) * median);
+  // Units the reader reads together (read_groups.h) are read in file order as the window
+  // makes room: a group, and the next one's first unit read while it computes.
+  if (!rest.empty() && read_group > largest) window = std::max(window, read_group + largest);
   f.window = std::min(window, room - f.resident_bytes);
   return f;
 }

@@ -123,7 +123,7 @@ def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: 
     `budget` bytes; `ran` is every unit ever seen running (default: those in `order`).
     With `rates`, what streams may be spread in several runs when the pass model predicts
     it faster; a layout other than `current_runs` runs must win by 5%. `read_group_bytes`:
-    the largest read group (read_group_bytes()); the window holds two.
+    the largest read group (read_group_bytes()); the window holds it and the largest unit.
     Raises BudgetTooSmallError naming the module that cannot fit."""
     return plan_from_native(_C.make_plan(_native_units(units), list(order), int(budget), set(ran or ()), depth,
                                          _native_rates(rates), current_runs, int(read_group_bytes)), units)

@@ -41,21 +41,29 @@ int main(int argc, char** argv) {
     units.push_back(r);
   }
   // Through the page cache, and with direct reads into memory the claimer made ready (where
-  // the file system takes direct reads); afterwards nothing stays placed or prepared.
-  for (auto mode : {litcore::ReadMode::Sendfile, litcore::ReadMode::Direct}) {
+  // the file system takes direct reads); afterwards nothing stays placed or prepared. Through
+  // the page cache also in an order that runs each pair of units in the other order than the
+  // file stores them: read groups of two, claimed a unit at a time when the window is full.
+  struct Run {
+    litcore::ReadMode mode;
+    bool pairs_swapped;
+  };
+  for (Run run : {Run{litcore::ReadMode::Sendfile, false}, Run{litcore::ReadMode::Sendfile, true},
+                  Run{litcore::ReadMode::Direct, false}}) {
+    litcore::ReadMode mode = run.mode;
     litcore::Prefetcher::Options options;
     options.window_bytes = 1 << 20;
     options.threads = 2;
     options.read_mode = mode;
     litcore::Prefetcher prefetcher(store.mapping(), units, options);
     std::vector<int> order(units.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(run.pairs_swapped ? (i ^ 1) : i);
     prefetcher.set_order(order);
     std::vector<std::thread> drivers;
     for (int d = 0; d < 4; ++d) {
       drivers.emplace_back([&, d] {
         for (int step = 0; step < 500; ++step) {
-          int g = (step + d * 3) % static_cast<int>(units.size());
+          int g = order[(step + d * 3) % static_cast<int>(order.size())];
           prefetcher.wait(g);
           at::Tensor t = store.get(keys[g]);
           if (litcore::xxh64(t.data_ptr(), t.nbytes()) != store.info(keys[g]).checksum) ++errors;

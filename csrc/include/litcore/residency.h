@@ -61,8 +61,9 @@ class BudgetTooSmallError : public std::invalid_argument {
 // units, when that shrinks the window enough to pay), so that what streams is one run of
 // the order. Files are laid out in that order, so the streamed bytes are one sequential
 // range, which the kernel's readahead reads at full speed; gaps in it measured 2-3x slower.
-// The window holds two of the largest streamed unit (or read group), or it plus `depth - 1`
-// typical ones.
+// The window holds two of the largest streamed unit, or it plus `depth - 1` typical ones;
+// with read groups, the largest group plus the largest unit (the reader claims a group's
+// units in file order as the group before releases them).
 //
 // One run is right when reading is the bottleneck. When compute is (a budget that streams a
 // little, a forward over few tokens), one run cannot hide its read: the reader can only be a
@@ -71,7 +72,7 @@ class BudgetTooSmallError : public std::invalid_argument {
 // read under the compute before it, at the cost of a seek per run) and keeps the layout the
 // pass model (pass_model.h) predicts fastest; a layout other than `current_runs` must win by
 // 5%, so a plan does not flap between forwards of different shapes. `read_group_bytes`: the
-// largest run of units the reader reads as one (read_groups.h); the window holds two.
+// largest run of units the reader reads as one (read_groups.h).
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
                const std::set<int>& ran = {}, int depth = 3, const PassRates& rates = {}, int current_runs = 1,
                uint64_t read_group_bytes = 0);

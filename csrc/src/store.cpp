@@ -31,8 +31,8 @@ Store::~Store() = default;
 void Store::read_header_and_index() {
   // Without readahead: a parse that faults the header in reads megabytes of weights around
   // it in large page-cache folios, marked so that reading on from them keeps reading ahead
-  // even through the warm-up's descriptor whose readahead is off (docs/benchmarks.md, "the
-  // cold start in small folios"). parse_file() checks what these bytes say.
+  // even through the warm-up's descriptor whose readahead is off (docs/benchmarks.md, "The
+  // cold start in small page-cache folios"). parse_file() checks what these bytes say.
   mapping_->fill_cache_exact(0, kHeaderSize);
   mapping_->fill_cache_exact(0, header_and_index_bytes(mapping_->addr(), mapping_->size()));
 }

@@ -308,6 +308,28 @@ void Mapping::fill_cache_exact(uint64_t offset, uint64_t length) const {
   impl_->pread_range(impl_->exact_fd, offset, offset + length);
 }
 
+void Mapping::fill_and_map_small(uint64_t offset, uint64_t length) const {
+  if (offset >= impl_->size || length == 0) return;
+  length = std::min(length, impl_->size - offset);
+  if (impl_->exact_fd < 0) {
+    fill_cache_exact(offset, length);
+    return populate(offset, length);
+  }
+  const uint64_t step = std::max<uint64_t>(impl_->readahead_window, 1ull << 20);
+  const uint64_t end = offset + length;
+  auto queue = [&](uint64_t at) {
+    if (at < end) {
+      posix_fadvise(impl_->exact_fd, static_cast<off_t>(at), static_cast<off_t>(std::min(step, end - at)),
+                    POSIX_FADV_WILLNEED);  // advice: what it does not read, populate() does
+    }
+  };
+  queue(offset);
+  for (uint64_t at = offset; at < end; at += step) {
+    queue(at + step);
+    populate(at, std::min(step, end - at));
+  }
+}
+
 void Mapping::populate(uint64_t offset, uint64_t length) const {
   uint8_t* start;
   size_t len;

@@ -38,8 +38,7 @@ void WarmupReader::read_unit(size_t i, std::unique_lock<std::mutex>& lock) {
   std::exception_ptr error;
   try {
     for (const auto& r : units_[i]) {
-      mapping_->fill_cache_exact(r.offset, r.length);
-      mapping_->populate(r.offset, r.length);
+      mapping_->fill_and_map_small(r.offset, r.length);
       bytes_read_ += r.length;
     }
     if (after_read_) after_read_(i);

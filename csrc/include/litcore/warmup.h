@@ -17,17 +17,16 @@
 
 namespace litcore {
 
-// Two readers: one waits on the disk while the other copies what it read (docs/benchmarks.md,
-// "The cold start in small page-cache folios": 1.12-1.60 GB/s against 1.03-1.52 with one).
+// Two readers: one waits on the disk while the other maps what it read.
 constexpr int kWarmupThreads = 2;
 
 class WarmupReader {
  public:
   // Reads the units in the given order (execution order, or registration order before the
-  // first forward), `threads` at a time, each with preads through the file's descriptor
-  // whose readahead is off (Mapping::fill_cache_exact): the page cache then holds the weights
-  // in small folios, which a virtual machine backs at once where large ones come from memory
-  // its host has taken back (docs/benchmarks.md). `after_read(i)`, if given, runs after unit
+  // first forward), `threads` at a time, each without readahead past it and without a copy
+  // (Mapping::fill_and_map_small): the page cache then holds the weights in small folios,
+  // which a virtual machine backs at once where large ones come from memory its host has
+  // taken back (docs/benchmarks.md). `after_read(i)`, if given, runs after unit
   // i is read (the engine checks checksums there); the first exception it or a read throws
   // stops the readers and is kept for error().
   WarmupReader(std::shared_ptr<Mapping> mapping, std::vector<std::vector<ByteRange>> units,

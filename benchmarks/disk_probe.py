@@ -9,9 +9,9 @@ same memory limit as the system it is the floor for; prints one line `BANDWIDTH 
 and kept there, so every page is memory the process has not used before. On a virtual
 machine whose host takes freed guest memory back (free page reporting), the first touch of
 such memory is what bounds a cold start, not the disk: one reader filled fresh memory at
-0.5-0.7 GB/s where the same reads into recycled pages ran at 2.0-2.3. The fill reads as
-litcore's warm-up does: two readers, readahead off (the page cache then takes small folios,
-which such a host keeps backed: 1.0-1.6 GB/s against 0.5-0.95 with readahead), after a pause
+0.5-0.7 GB/s where the same reads into recycled pages ran at 2.0-2.3. The fill reads into
+small folios, as litcore's warm-up does: two readers, readahead off (such a host keeps small
+folios backed: 1.0-1.6 GB/s against 0.5-0.95 with readahead), after a pause
 as long as a process's start-up, so that the memory the eviction freed is as fresh as when a
 system read it.
 """

@@ -4,12 +4,16 @@ then holds them in small folios (read without readahead)."""
 import mmap
 import os
 import struct
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 import litcore
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import cgroup  # noqa: E402
 
 LAYERS = 12
 WIDTH = 1024  # 4 MiB of float32 per layer: 48 MiB, read in well over a forward's compute
@@ -31,14 +35,6 @@ def _seeded_stack() -> Stack:
     return Stack().eval()
 
 
-def _evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _unit_hooks(lit) -> int:
     return sum(len(m._forward_pre_hooks) for m in lit.module.modules() if m is not lit.module)
 
@@ -48,7 +44,7 @@ def cold_stack(tmp):
     ref = _seeded_stack()
     path = tmp / "stack.lit"
     litcore.save(ref.state_dict(), path)
-    _evict(path)
+    cgroup.evict([str(path)])
     return ref, path
 
 
@@ -89,11 +85,11 @@ def _large_folio_pages(path) -> int:
             entries = struct.unpack(f"{(end - start) // page}Q", pagemap.read((end - start) // page * 8))
             large = 0
             for entry in entries:
-                pfn = entry & ((1 << 55) - 1)
-                if not entry >> 63 or pfn == 0:  # not present, or the PFN is hidden from us
-                    if entry >> 63:
-                        return -1
+                if not entry >> 63:  # not present
                     continue
+                pfn = entry & ((1 << 55) - 1)
+                if pfn == 0:  # hidden from this process
+                    return -1
                 flags.seek(pfn * 8)
                 bits = struct.unpack("Q", flags.read(8))[0]
                 large += (bits >> 15) & 1 or (bits >> 16) & 1  # KPF_COMPOUND_HEAD / _TAIL

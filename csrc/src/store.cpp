@@ -34,7 +34,8 @@ void Store::read_header_and_index() {
   // even through the warm-up's descriptor whose readahead is off (docs/benchmarks.md, "The
   // cold start in small page-cache folios"). parse_file() checks what these bytes say.
   mapping_->fill_cache_exact(0, kHeaderSize);
-  mapping_->fill_cache_exact(0, header_and_index_bytes(mapping_->addr(), mapping_->size()));
+  uint64_t through = header_and_index_bytes(mapping_->addr(), mapping_->size());
+  if (through > kHeaderSize) mapping_->fill_cache_exact(kHeaderSize, through - kHeaderSize);
 }
 
 std::vector<std::string> Store::keys() const {

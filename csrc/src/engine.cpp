@@ -426,7 +426,7 @@ uint64_t Engine::budget() const {
   return budget_;
 }
 
-bool Engine::warming_up() const { return warmup_ && !prefetcher_ && !warmup_->finished(); }
+bool Engine::warming_up() const { return warmup_ && !prefetcher_ && warmup_->running(); }
 
 bool Engine::streams() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -44,9 +44,9 @@ class WarmupReader {
   // (the caller's page faults then read what is left).
   void wait(size_t i);
   uint64_t bytes_read() const { return bytes_read_; }
-  bool running() const { return running_ > 0; }
-  // Every unit is read, or the readers have stopped: wait() returns at once from now on.
-  bool finished() const { return all_done_ || running_ == 0; }
+  // Some unit is still to be read and the readers have not stopped: false once wait()
+  // returns at once (a reader that read the last unit may still be on its way out).
+  bool running() const { return running_ > 0 && !all_done_; }
   // Units read (and checked) completely.
   size_t units_done() const { return units_done_; }
   // What stopped the readers early, once they have stopped (nullptr: nothing).

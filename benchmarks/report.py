@@ -37,6 +37,12 @@ def _ratio(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _reader(r: Dict, phase: str) -> str:
+    """litcore's reader in a phase: the speed its reads ran at and the share of the time it read."""
+    speed, busy = r.get(f"{phase}_reader_bytes_per_s"), r.get(f"{phase}_reader_busy")
+    return "—" if speed is None or busy is None else f"{speed / 1e9:.2f}, {busy:.0%}"
+
+
 def one_line(r: Dict) -> str:
     limit = f"{r['limit_mb']} MB" if r["limit_mb"] else "none"
     if "error" in r:
@@ -69,14 +75,16 @@ def table(rows: List[Dict], meta: Dict) -> str:
 
 def floor_table(rows: List[Dict]) -> str:
     """litcore under each limit against its floor: max(compute, streamed bytes / the disk's
-    speed measured right after it ran); compute is the in-memory model's time, unlimited. And
+    speed, the mean of a probe just before it ran and one just after); compute is the
+    in-memory model's time, unlimited. And
     litcore's cold start without a limit against the file's bytes at the disk's speed plus
     compute, and at the speed the file fills fresh page cache plus compute."""
     ref = next((r for r in rows if r["system"] == "in-memory" and not r["limit_mb"] and "error" not in r), None)
     compute_forward = ref["steady_forward_s"] if ref else 0.0
     compute_token = 1 / ref["generate_tok_s"] if ref else 0.0
-    lines = ["| system | limit | regime | streamed per forward (GB) | disk, measured after (GB/s) | floor forward (s) | "
-             "forward (s) | ratio | floor (tok/s) | tok/s | ratio |", "|" + "---|" * 11]
+    lines = ["| system | limit | regime | streamed per forward (GB) | disk, measured before / after (GB/s) | "
+             "floor forward (s) | forward (s) | ratio | litcore's reader: speed (GB/s), busy | floor (tok/s) | "
+             "tok/s | ratio | reader in generate |", "|" + "---|" * 13]
     cold = ["| system | file (GB) | disk, measured after (GB/s) | fill, measured after (GB/s) | "
             "floor: file / disk + compute (s) | floor: file / fill + compute (s) | ready + first forward (s) | "
             "ratio (disk) | ratio (fill) |", "|" + "---|" * 9]
@@ -110,7 +118,8 @@ def floor_table(rows: List[Dict]) -> str:
         token_ratio = floor_tok_s / r["generate_tok_s"] if floor_tok_s else None
         lines.append(f"| {r['system']} | {r['limit_mb']} MB | {regime} | {r['streamed_bytes_per_forward'] / 1e9:.2f} | "
                      f"{shown} | {_fmt(floor_forward)} | {r['steady_forward_s']:.2f} | {_ratio(forward_ratio)} | "
-                     f"{_fmt(floor_tok_s)} | {r['generate_tok_s']:.2f} | {_ratio(token_ratio)} |")
+                     f"{_reader(r, 'steady')} | {_fmt(floor_tok_s)} | {r['generate_tok_s']:.2f} | "
+                     f"{_ratio(token_ratio)} | {_reader(r, 'generate')} |")
     out = "\n".join(lines) if len(lines) > 2 else ""
     if len(cold) > 2:
         out += ("\n\nCold start, no limit (weights evicted from the page cache first; compute = the in-memory "

@@ -130,7 +130,7 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
 def disk_bandwidth(paths: Dict[str, str], nbytes: int, limit: Optional[int], probes: int = 2,
                    fill: bool = False) -> List[float]:
     """The weight file's read speed the way litcore streams it (or, with fill, the speed it
-    fills the page cache from a cold start), in the same memory limit, just after litcore ran
+    fills the page cache from a cold start), in the same memory limit, next to a litcore run
     (the shared disk drifts over minutes): bytes/s, one per probe."""
     speeds = []
     how = ["--fill"] if fill else [str(nbytes)]
@@ -207,10 +207,18 @@ def main() -> None:
     for limit_text in args.limits.split(","):
         limit = parse_limit(limit_text)
         for system in systems:
+            before: List[float] = []
+            if system.startswith("litcore") and limit:
+                # The floor's disk speed is measured just before and just after the run, so that a
+                # drift during it moves both. Before, the row's streamed bytes are not known yet:
+                # the probe reads what the limit leaves no room for (at least a quarter of the file).
+                file_bytes = os.path.getsize(paths["lit"])
+                before = disk_bandwidth(paths, max(file_bytes - limit, file_bytes // 4), limit, probes=1)
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
                           args.baseline, args.prompt_tokens, args.litcore_read_mode)
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
-                row["disk_bytes_per_s"] = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit)
+                after = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit, probes=1)
+                row["disk_bytes_per_s"] = before + after if before and after else []
             elif system.startswith("litcore") and not limit and "error" not in row:
                 # The cold start's floors: the whole file at the disk's speed, and at the speed
                 # it fills fresh page cache (what a cold start must do).

@@ -129,6 +129,14 @@ def main() -> None:
                       resident_bytes=stats["resident_bytes"], streamed_runs=stats["streamed_runs"],
                       last_token_bytes_read=stats["last"]["bytes_read"],
                       last_token_io_wait_s=stats["last"]["io_wait_seconds"])
+        # The reader's own figures: how fast its reads ran, and how much of the time it read.
+        for name, passes in (("steady", stats["per_forward"][1:1 + args.steady]),
+                             ("generate", stats["per_forward"][1 + args.steady:])):
+            read_s = sum(p.get("read_seconds", 0.0) for p in passes)  # a baseline build may not have it
+            forward_s = sum(p["forward_seconds"] for p in passes)
+            if read_s > 0 and forward_s > 0:
+                result[f"{name}_reader_bytes_per_s"] = sum(p["bytes_read"] for p in passes) / read_s
+                result[f"{name}_reader_busy"] = read_s / forward_s
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -40,7 +40,8 @@ def test_benchmark_runs_and_reports(tmp):
     assert len(cold["disk_bytes_per_s"]) == 2 and len(cold["fill_bytes_per_s"]) == 2
     assert "ratio (fill)" in r.stdout
     limited = rows[("litcore", 700)]
-    assert limited["streamed_bytes_per_forward"] > 0 and len(limited["disk_bytes_per_s"]) == 2
+    assert limited["streamed_bytes_per_forward"] > 0 and len(limited["disk_bytes_per_s"]) == 2  # before, after
+    assert limited["steady_reader_bytes_per_s"] > 0 and 0 < limited["steady_reader_busy"]  # the reader's own figures
     assert "| system | limit | regime | streamed per forward (GB) |" in r.stdout  # the floor table
     assert os.path.getsize(tmp / "out" / "chart.png") > 1000
     docs = (tmp / "benchmarks.md").read_text()
@@ -73,7 +74,9 @@ def test_floor_table_without_the_in_memory_row():
     rows = [{"system": "litcore", "limit_mb": 2400, "streamed_bytes_per_forward": 0, "steady_forward_s": 0.15,
              "generate_tok_s": 7.4},
             {"system": "litcore", "limit_mb": 1200, "streamed_bytes_per_forward": 1_200_000_000,
-             "disk_bytes_per_s": [2e9, 2e9], "steady_forward_s": 0.66, "generate_tok_s": 1.44}]
+             "disk_bytes_per_s": [2e9, 2e9], "steady_forward_s": 0.66, "generate_tok_s": 1.44,
+             "steady_reader_bytes_per_s": 2.1e9, "steady_reader_busy": 0.876}]
     lines = report.floor_table(rows).splitlines()
-    assert lines[2] == "| litcore | 2400 MB | — | 0.00 | — | — | 0.15 | — | — | 7.40 | — |"
-    assert lines[3] == "| litcore | 1200 MB | — | 1.20 | 2.00 / 2.00 | 0.60 | 0.66 | 1.10x | 1.67 | 1.44 | 1.16x |"
+    assert lines[2] == "| litcore | 2400 MB | — | 0.00 | — | — | 0.15 | — | — | — | 7.40 | — | — |"
+    assert lines[3] == ("| litcore | 1200 MB | — | 1.20 | 2.00 / 2.00 | 0.60 | 0.66 | 1.10x | 2.10, 88% | 1.67 | 1.44 | "
+                        "1.16x | — |")

@@ -41,6 +41,10 @@ def test_awkward_model_is_bit_exact(awkward_file, budget):
     assert stats["forwards"] == 4
     if budget is not None:
         assert stats["last"]["bytes_read"] > 0 and stats["streamed_bytes_per_forward"] > 0
+        assert stats["last"]["read_seconds"] > 0  # the reader's time, the figure of an IO-bound forward
+        assert stats["total"]["read_seconds"] >= stats["last"]["read_seconds"]
+    else:
+        assert stats["total"]["read_seconds"] == 0  # nothing streams: the reader never reads
 
 
 def test_warmer_reads_residents_until_the_first_forward(awkward_file):

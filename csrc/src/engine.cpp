@@ -26,6 +26,7 @@ std::vector<Stat> PassStats::fields() const {
           count("prefetch_misses", prefetch_misses),
           count("mispredicts", mispredicts),
           seconds("io_wait_seconds", io_wait_seconds),
+          seconds("read_seconds", read_seconds),
           count("peak_in_flight_bytes", peak_in_flight_bytes),
           count("resident_bytes", resident_bytes),
           count("streamed_runs", static_cast<uint64_t>(streamed_runs)),
@@ -281,6 +282,7 @@ void Engine::end(bool failed) {
       entry.prefetch_misses = s.misses;
       entry.mispredicts = s.mispredicts;
       entry.io_wait_seconds = s.wait_seconds;
+      entry.read_seconds = s.read_seconds;
       entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
     }
     entry.resident_bytes = plan_.resident_bytes;
@@ -485,6 +487,7 @@ std::vector<Stat> Engine::totals() const {
     sum.prefetch_misses += p.prefetch_misses;
     sum.mispredicts += p.mispredicts;
     sum.io_wait_seconds += p.io_wait_seconds;
+    sum.read_seconds += p.read_seconds;
   }
   std::vector<Stat> out;
   for (const auto& s : sum.fields()) {

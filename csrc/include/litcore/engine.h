@@ -65,8 +65,9 @@ struct PassStats {
   uint64_t mispredicts = 0;      // it was not the module the order predicted
   double io_wait_seconds = 0;    // time the forward waited on reads
   // Time the prefetch reader spent reading since the forward before ended (its reads for
-  // the next forward's first modules included): near forward_seconds, the disk bounds the
-  // forward; bytes_read / read_seconds is the speed the reads ran at.
+  // the next forward's first modules included; with several reader threads, their sum):
+  // near forward_seconds, the disk bounds the forward; bytes_read / read_seconds is the
+  // speed the reads ran at.
   double read_seconds = 0;
   uint64_t peak_in_flight_bytes = 0;
   uint64_t resident_bytes = 0;   // under the plan this forward ran

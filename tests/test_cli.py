@@ -30,6 +30,7 @@ def test_generate_streams_text_and_ends_with_stats(llama_dir):
     first, _, rest = r.stdout.partition("[litcore]")
     assert first.startswith("The quick brown fox") and len(first) > len("The quick brown fox")
     assert "6 tokens in" in rest and "tokens/s" in rest and "streamed" in rest and "waited" in rest
+    assert " MiB/s" in rest.split("waited")[1]  # the reader's speed: the budget streams weights
     # the same text, token for token, from Python with the model's tokenizer
     from transformers import AutoTokenizer
 

@@ -405,3 +405,15 @@ def test_buffers_computed_at_construction_follow_the_files_dtype(tmp):
     x = torch.randn(5, 16).bfloat16()
     with torch.no_grad():
         assert torch.equal(lit(x), same(x))
+
+
+def test_verbose_prints_each_forward_with_the_readers_time(awkward_file, capsys):
+    _, path = awkward_file
+    lit = litcore.LitModule.from_params(path, Awkward, memory_budget="30KB", verbose=True)
+    with torch.no_grad():
+        lit(_ids())
+        lit(_ids())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("litcore: forward")]
+    assert [line.split(":")[1] for line in lines] == [" forward 1", " forward 2"]
+    read_s = lit.stats()["last"]["read_seconds"]
+    assert f"MiB in {read_s:.3f} s, waited" in lines[-1]

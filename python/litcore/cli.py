@@ -141,9 +141,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     new = int(out.shape[1] - ids.shape[1])
     stats = lit.stats()
+    total = stats["total"]
+    # The reader's speed tells a slow disk from a slow schedule: compare it with the disk's.
+    reads = (f", read {_human(total['bytes_read'])} at {total['bytes_read'] / total['read_seconds'] / 2**20:.0f} MiB/s"
+             if total["read_seconds"] > 0 else "")
     print(f"[litcore] {new} tokens in {took:.2f} s ({new / took:.2f} tokens/s); resident "
           f"{_human(stats['resident_bytes'])}, streamed {_human(stats['streamed_bytes_per_forward'])} per forward; "
-          f"waited {stats['total']['io_wait_seconds']:.2f} s on IO", flush=True)
+          f"waited {total['io_wait_seconds']:.2f} s on IO{reads}", flush=True)
     lit.close()
     return 0
 

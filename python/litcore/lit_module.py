@@ -174,7 +174,8 @@ class LitModule:
         passes = self.engine.passes()
         last = passes[-1]
         msg = (f"litcore: forward {len(passes)}: {last['forward_seconds']:.3f} s, read {last['bytes_read'] / 2**20:.0f} "
-               f"MiB, waited {last['io_wait_seconds']:.3f} s on IO, hits {last['prefetch_hits']}/"
+               f"MiB in {last['read_seconds']:.3f} s, waited {last['io_wait_seconds']:.3f} s on IO, "
+               f"hits {last['prefetch_hits']}/"
                f"{last['prefetch_hits'] + last['prefetch_misses']}, resident {last['resident_bytes'] / 2**20:.0f} MiB")
         if self.verbose:
             print(msg, flush=True)

@@ -67,7 +67,8 @@ def test_read_path_benchmark_runs(tmp):
 
 def test_floor_table_without_the_in_memory_row():
     """Run without the in-memory system, a row with nothing streamed has no floor: the report
-    shows dashes there instead of dividing by zero, and still the floor of a streaming row."""
+    shows dashes there instead of dividing by zero, and still the floor of a streaming row,
+    whose regime the reader's share of the forward tells."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import report
 
@@ -75,8 +76,12 @@ def test_floor_table_without_the_in_memory_row():
              "generate_tok_s": 7.4},
             {"system": "litcore", "limit_mb": 1200, "streamed_bytes_per_forward": 1_200_000_000,
              "disk_bytes_per_s": [2e9, 2e9], "steady_forward_s": 0.66, "generate_tok_s": 1.44,
-             "steady_reader_bytes_per_s": 2.1e9, "steady_reader_busy": 0.876}]
+             "steady_reader_bytes_per_s": 2.1e9, "steady_reader_busy": 0.876},
+            {"system": "litcore", "limit_mb": 1800, "streamed_bytes_per_forward": 400_000_000,
+             "disk_bytes_per_s": [2e9, 2e9], "steady_forward_s": 3.3, "generate_tok_s": 4.1,
+             "steady_reader_bytes_per_s": 2e9, "steady_reader_busy": 0.06}]
     lines = report.floor_table(rows).splitlines()
     assert lines[2] == "| litcore | 2400 MB | — | 0.00 | — | — | 0.15 | — | — | — | 7.40 | — | — |"
-    assert lines[3] == ("| litcore | 1200 MB | — | 1.20 | 2.00 / 2.00 | 0.60 | 0.66 | 1.10x | 2.10, 88% | 1.67 | 1.44 | "
-                        "1.16x | — |")
+    assert lines[3] == ("| litcore | 1200 MB | IO-bound (reader) | 1.20 | 2.00 / 2.00 | 0.60 | 0.66 | 1.10x | 2.10, 88% | "
+                        "1.67 | 1.44 | 1.16x | — |")
+    assert lines[4].startswith("| litcore | 1800 MB | compute-bound (reader) | 0.40 |")

@@ -218,7 +218,7 @@ def main() -> None:
                           args.baseline, args.prompt_tokens, args.litcore_read_mode)
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 after = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit, probes=1)
-                row["disk_bytes_per_s"] = before + after if before and after else []
+                row["disk_bytes_per_s"] = before + after  # a failed probe leaves the other
             elif system.startswith("litcore") and not limit and "error" not in row:
                 # The cold start's floors: the whole file at the disk's speed, and at the speed
                 # it fills fresh page cache (what a cold start must do).

@@ -11,9 +11,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 
-def install(root: nn.Module, units: Dict[int, nn.Module], engine,
-            on_pass: Optional[Callable[[], None]] = None) -> List[RemovableHandle]:
-    """Hooks `root` (pass bounds) and every module in `units` (unit index -> module).
+def install(root: nn.Module, engine, on_pass: Optional[Callable[[], None]] = None) -> List[RemovableHandle]:
+    """Hooks `root` to begin and end a pass (its units: install_units()).
 
     `engine` has begin/enter/exit/end: the native engine (or the CUDA runtime). The hooks
     hold it and a weak reference to `on_pass` (called after each pass), never the
@@ -34,10 +33,8 @@ def install(root: nn.Module, units: Dict[int, nn.Module], engine,
         if callback is not None:
             callback()
 
-    handles = [root.register_forward_pre_hook(root_pre, prepend=True)]
-    handles += install_units(units, engine)
-    handles.append(root.register_forward_hook(root_post, always_call=True))
-    return handles
+    return [root.register_forward_pre_hook(root_pre, prepend=True),
+            root.register_forward_hook(root_post, always_call=True)]
 
 
 def install_units(units: Dict[int, nn.Module], engine) -> List[RemovableHandle]:

@@ -101,7 +101,7 @@ class LitModule:
         # Apart from the pass bounds: removed once nothing needs them (a warm-up that ended).
         # First, so that a root module that is a unit exits before the pass ends.
         self._unit_handles = hooks.install_units(hooked, self.engine)
-        self._handles = hooks.install(module, {}, self.engine, self._report)
+        self._handles = hooks.install(module, self.engine, self._report)
 
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,

@@ -319,6 +319,9 @@ PYBIND11_MODULE(_C, m) {
                                  const std::set<int>& streamed, uint64_t window_bytes, const RatesTuple& rates) {
     return model_pass_seconds(to_units(units), order, streamed, window_bytes, to_rates(rates));
   });
+  m.def("narrow_streamed_compute", [](const RatesTuple& rates, int threads, bool narrowed) {
+    return narrow_streamed_compute(to_rates(rates), threads, narrowed);
+  }, py::arg("rates"), py::arg("threads"), py::arg("narrowed"));
   m.def("measure_rates", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, double forward_seconds,
                             const py::dict& stats, const RatesTuple& previous) {
     PrefetchStats s;

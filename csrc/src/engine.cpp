@@ -30,7 +30,8 @@ std::vector<Stat> PassStats::fields() const {
           count("peak_in_flight_bytes", peak_in_flight_bytes),
           count("resident_bytes", resident_bytes),
           count("streamed_runs", static_cast<uint64_t>(streamed_runs)),
-          count("budget_bytes", budget_bytes)};
+          count("budget_bytes", budget_bytes),
+          count("compute_threads", static_cast<uint64_t>(compute_threads))};
 }
 
 const char* residency_name(Residency r) {
@@ -107,7 +108,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   if (adapts_budget_) peak_ = std::make_unique<CgroupPeak>();
   if (peak_ && !peak_->usable()) peak_.reset();
   for (size_t i = 0; i < units_.size(); ++i) order_.push_back(static_cast<int>(i));  // until a forward is seen
-  plan_ = plan_for(order_, {}, {}, 1);
+  set_plan_locked(plan_for(order_, {}, {}, 1));
   if (options_.warm_up) {
     std::vector<int> resident;
     for (int i : order_) {
@@ -181,6 +182,8 @@ void Engine::begin(bool restart) {
   if (peak_) peak_->reset();
   pass_order_.clear();
   open_.clear();
+  compute_threads_.capture();
+  pass_narrowed_ = false;
   started_ = Clock::now();
 }
 
@@ -199,6 +202,12 @@ void Engine::enter(int unit) {
     std::lock_guard<std::mutex> lock(mu_);
     if (depth_ > 0) pass_order_.push_back(unit);
     open_.push_back(unit);
+    // From the first streamed module the reader reads to the last: the resident stretch
+    // between passes computes with every thread.
+    if (narrow_compute_ && depth_ > 0 && !plan_.resident.count(unit) && !units_[unit].on_demand) {
+      compute_threads_.narrow();
+      pass_narrowed_ = pass_narrowed_ || compute_threads_.narrowed();
+    }
   }
   try {
     prefetcher_->wait(unit);
@@ -222,6 +231,7 @@ void Engine::exit(int unit) {
     auto it = std::find(open_.rbegin(), open_.rend(), unit);
     if (it == open_.rend()) return;  // not entered (the pass was abandoned meanwhile)
     open_.erase(std::next(it).base());
+    if (unit == last_streamed_) compute_threads_.restore();
   }
   backend_->unbind(unit);
   prefetcher_->done(unit);
@@ -235,6 +245,7 @@ void Engine::abandon_locked() {
   }
   open_.clear();
   depth_ = 0;
+  compute_threads_.restore();
 }
 
 void Engine::end(bool failed) {
@@ -249,6 +260,7 @@ void Engine::end(bool failed) {
       return;
     }
     if (--depth_ > 0) return;
+    compute_threads_.restore();
     if (options_.verify == Verify::Lazy && !unread_verified_) {
       unread_verified_ = verify_now = true;
       verify_streamed = plan_.streamed_order;  // the plan this forward ran
@@ -287,6 +299,7 @@ void Engine::end(bool failed) {
     }
     entry.resident_bytes = plan_.resident_bytes;
     entry.streamed_runs = plan_.runs;
+    entry.compute_threads = compute_threads_.full() - (pass_narrowed_ ? 1 : 0);
     passes_.push_back(entry);
   }
   // The tensors no reader checked (resident weights the forward faulted in itself): checked
@@ -387,6 +400,8 @@ void Engine::relayout_locked(const std::vector<int>& order, double seconds, cons
     return;
   }
   rates_ = measure_rates(units_, order, seconds, stats, rates_);
+  narrow_compute_ = backend_->device() == "cpu" &&
+                    narrow_streamed_compute(rates_, compute_threads_.full(), pass_narrowed_);
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {
@@ -401,14 +416,26 @@ void Engine::replan(const PassRates& rates) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!prefetcher_) return;
   rates_ = rates;
+  narrow_compute_ = backend_->device() == "cpu" && narrow_streamed_compute(rates_, compute_threads_.full(), false);
   std::set<int> ran = ran_;
   ran.insert(order_.begin(), order_.end());
   switch_plan_locked(plan_for(order_, ran, rates_, plan_.runs));
 }
 
+void Engine::set_plan_locked(const Plan& plan) {
+  plan_ = plan;
+  last_streamed_ = -1;
+  for (auto it = plan_.streamed_order.rbegin(); it != plan_.streamed_order.rend(); ++it) {
+    if (!units_[*it].on_demand) {
+      last_streamed_ = *it;
+      break;
+    }
+  }
+}
+
 void Engine::switch_plan_locked(const Plan& plan) {
   Plan old = plan_;
-  plan_ = plan;
+  set_plan_locked(plan);
   prefetcher_->set_lookup_cache(lookup_cache_bytes(plan));
   if (plan.resident == old.resident && plan.streamed_order == old.streamed_order) return;  // newer figures only
   settling_ = true;
@@ -492,7 +519,7 @@ std::vector<Stat> Engine::totals() const {
   std::vector<Stat> out;
   for (const auto& s : sum.fields()) {
     if (s.name != "peak_in_flight_bytes" && s.name != "resident_bytes" && s.name != "streamed_runs" &&
-        s.name != "budget_bytes") {
+        s.name != "budget_bytes" && s.name != "compute_threads") {
       out.push_back(s);
     }
   }

@@ -88,6 +88,14 @@ double model_pass_seconds(const std::vector<Unit>& units, const std::vector<int>
   return compute - first_pass;
 }
 
+bool narrow_streamed_compute(const PassRates& rates, int threads, bool narrowed) {
+  if (threads < 2 || !rates.known()) return false;
+  // Per streamed byte: its compute against its read (the bytes cancel).
+  double share = rates.compute_seconds_per_byte / rates.read_seconds_per_byte;
+  if (narrowed) return share < 1.0;
+  return share * threads / (threads - 1) <= 0.8;
+}
+
 PassRates measure_rates(const std::vector<Unit>& units, const std::vector<int>& order, double forward_seconds,
                         const PrefetchStats& s, const PassRates& previous, uint64_t min_read_bytes) {
   double used = 0;

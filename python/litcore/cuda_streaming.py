@@ -322,6 +322,7 @@ class CudaRuntime:
         entry["resident_bytes"] = self.device_plan.resident_bytes
         entry["streamed_runs"] = self.device_plan.runs
         entry["budget_bytes"] = self.budget  # the host budget: it does not adapt on this path
+        entry["compute_threads"] = torch.get_num_threads()  # the GPU computes: the CPU's threads are left as they are
         self._passes.append(entry)
 
     # ---- plan and statistics ------------------------------------------------------------

@@ -176,7 +176,8 @@ class LitModule:
         msg = (f"litcore: forward {len(passes)}: {last['forward_seconds']:.3f} s, read {last['bytes_read'] / 2**20:.0f} "
                f"MiB in {last['read_seconds']:.3f} s, waited {last['io_wait_seconds']:.3f} s on IO, "
                f"hits {last['prefetch_hits']}/"
-               f"{last['prefetch_hits'] + last['prefetch_misses']}, resident {last['resident_bytes'] / 2**20:.0f} MiB")
+               f"{last['prefetch_hits'] + last['prefetch_misses']}, resident {last['resident_bytes'] / 2**20:.0f} MiB, "
+               f"{last['compute_threads']} compute threads")
         if self.verbose:
             print(msg, flush=True)
         log.info(msg)

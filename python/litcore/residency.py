@@ -154,6 +154,13 @@ def measure_rates(units: Sequence[Unit], order: Sequence[int], forward_seconds: 
     return r if r.compute_seconds_per_byte > 0 and r.read_seconds_per_byte > 0 else None
 
 
+def narrow_streamed_compute(rates: PassRates, threads: int, narrowed: bool = False) -> bool:
+    """Whether the engine computes a pass's streamed modules with one of `threads` fewer
+    (csrc/include/litcore/compute_threads.h): where their compute, so slowed, stays within
+    80% of their reads; once narrowed (`rates` measured so), while it stays under them."""
+    return _C.narrow_streamed_compute(_native_rates(rates), int(threads), bool(narrowed))
+
+
 def host_plan(units: Sequence[Unit], device_plan: Plan, budget: int) -> Plan:
     """With device="cuda": which of the units that stream to the device stay in host memory
     (read from the file once, then copied from the page cache) and which are read from the

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "litcore/compute_threads.h"
 #include "litcore/device_backend.h"
 #include "litcore/pass_model.h"
 #include "litcore/prefetcher.h"
@@ -40,7 +41,9 @@ struct EngineOptions {
   int threads = 1;             // prefetch reader threads
   ReadMode read_mode = ReadMode::Sendfile;
   bool warm_up = true;         // read the resident weights in before the first forward
-  bool adapt = true;           // re-lay out what streams from rates measured on each forward
+  // Re-lay out what streams from rates measured on each forward, and compute the streamed
+  // modules with one thread fewer where the reads bound them (compute_threads.h).
+  bool adapt = true;
   // Checksums: None; Full, every tensor when the engine starts; Lazy, each tensor the first
   // time its bytes are read: by the warm-up and prefetch readers as they read, and what the
   // first forward faulted in itself at its end, before its result is handed back. A
@@ -73,6 +76,9 @@ struct PassStats {
   uint64_t resident_bytes = 0;   // under the plan this forward ran
   int streamed_runs = 0;
   uint64_t budget_bytes = 0;     // the budget the forward ran under
+  // Intra-op threads its streamed modules computed with: one fewer than the caller's where
+  // the reads bound them (compute_threads.h), the caller's count otherwise.
+  int compute_threads = 0;
   std::vector<Stat> fields() const;
 };
 
@@ -159,6 +165,7 @@ class Engine {
   bool adapt_budget_locked(bool grow_only = false);
   void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
   void switch_plan_locked(const Plan& plan);
+  void set_plan_locked(const Plan& plan);
   void abandon_locked();
   // Lazy verification, after the first forward: every tensor the readers do not check
   // (all but the units in `streamed`, which the prefetch reader checks as it reads them).
@@ -186,6 +193,11 @@ class Engine {
   bool whole_refused_ = false;    // and a later measure took that back: not tried again
   bool unread_verified_ = false;  // lazy checks of what no reader read are done
   PassRates rates_;
+  // The streamed modules of the next passes compute with one thread fewer (on the CPU only).
+  bool narrow_compute_ = false;
+  bool pass_narrowed_ = false;  // this pass narrowed: its rates were measured so
+  int last_streamed_ = -1;      // the last unit of the streamed order the reader reads
+  ComputeThreads compute_threads_;
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::vector<int> pass_order_;  // units entered in this forward

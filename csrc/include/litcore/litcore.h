@@ -3,6 +3,7 @@
 #pragma once
 
 #include "litcore/checksum.h"
+#include "litcore/compute_threads.h"
 #include "litcore/device_backend.h"
 #include "litcore/dtype.h"
 #include "litcore/engine.h"

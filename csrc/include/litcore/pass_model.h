@@ -27,6 +27,12 @@ PassRates measure_rates(const std::vector<Unit>& units, const std::vector<int>& 
                         const PrefetchStats& stats, const PassRates& previous = {},
                         uint64_t min_read_bytes = 16ull << 20);
 
+// Whether the streamed modules of a pass compute with one of `threads` fewer
+// (compute_threads.h): where their compute, slowed by threads / (threads - 1), is still
+// within 80% of their reads; once narrowed (`rates` measured on such a pass), while their
+// compute stays under their reads.
+bool narrow_streamed_compute(const PassRates& rates, int threads, bool narrowed);
+
 // How many separate runs the streamed units form along the cyclic `order`.
 int count_runs(const std::vector<Unit>& units, const std::vector<int>& order, const std::set<int>& streamed);
 

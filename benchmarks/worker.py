@@ -137,6 +137,9 @@ def main() -> None:
             if read_s > 0 and forward_s > 0:
                 result[f"{name}_reader_bytes_per_s"] = sum(p["bytes_read"] for p in passes) / read_s
                 result[f"{name}_reader_busy"] = read_s / forward_s
+            threads = sorted({p["compute_threads"] for p in passes if "compute_threads" in p})
+            if threads:  # the streamed modules' intra-op threads (a baseline build may not have it)
+                result[f"{name}_compute_threads"] = "/".join(map(str, threads))
     print("RESULT " + json.dumps(result), flush=True)
 
 

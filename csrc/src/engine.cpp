@@ -281,6 +281,14 @@ void Engine::end(bool failed) {
       } else if (steady) {
         replanned = adapt_budget_locked();
       }
+      if (steady && options_.adapt) {
+        // Every forward after the first decides the next one's compute threads, also those
+        // whose plan is settling: what they read or fault in for new residents only counts
+        // as compute, which keeps every thread.
+        PassRates seen = measure_rates(units_, pass_order_, entry.forward_seconds, s, rates_);
+        narrow_compute_ = backend_->device() == "cpu" &&
+                          narrow_streamed_compute(seen, compute_threads_.full(), pass_narrowed_);
+      }
       if (steady && !replanned && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
       bool first = !recorded_;
       if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
@@ -400,8 +408,6 @@ void Engine::relayout_locked(const std::vector<int>& order, double seconds, cons
     return;
   }
   rates_ = measure_rates(units_, order, seconds, stats, rates_);
-  narrow_compute_ = backend_->device() == "cpu" &&
-                    narrow_streamed_compute(rates_, compute_threads_.full(), pass_narrowed_);
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {

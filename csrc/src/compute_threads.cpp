@@ -2,8 +2,6 @@
 
 #include <ATen/Parallel.h>
 
-#include <algorithm>
-
 namespace litcore {
 
 void ComputeThreads::capture() {

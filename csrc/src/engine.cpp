@@ -286,10 +286,9 @@ void Engine::end(bool failed) {
         // whose plan is settling: what they read or fault in for new residents only counts
         // as compute, which keeps every thread.
         PassRates seen = measure_rates(units_, pass_order_, entry.forward_seconds, s, rates_);
-        narrow_compute_ = backend_->device() == "cpu" &&
-                          narrow_streamed_compute(seen, compute_threads_.full(), pass_narrowed_);
+        narrow_compute_ = narrows_locked(seen, pass_narrowed_);
+        if (!replanned) relayout_locked(pass_order_, seen);
       }
-      if (steady && !replanned && options_.adapt) relayout_locked(pass_order_, entry.forward_seconds, s);
       bool first = !recorded_;
       if (!recorded_ || mispredicted) adopt_order_locked(pass_order_);
       // Settled a forward sooner where the first one already shows room to grow into.
@@ -400,14 +399,14 @@ bool Engine::adapt_budget_locked(bool grow_only) {
   return true;
 }
 
-void Engine::relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats) {
+void Engine::relayout_locked(const std::vector<int>& order, const PassRates& measured) {
   // One run when reading is the bottleneck; several spread along the order when compute is
   // and one run's read would not hide under it (residency.h).
   if (settling_) {
     settling_ = false;
     return;
   }
-  rates_ = measure_rates(units_, order, seconds, stats, rates_);
+  rates_ = measured;
   if (!rates_.known() || order != order_) return;
   Plan plan;
   try {
@@ -422,10 +421,14 @@ void Engine::replan(const PassRates& rates) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!prefetcher_) return;
   rates_ = rates;
-  narrow_compute_ = backend_->device() == "cpu" && narrow_streamed_compute(rates_, compute_threads_.full(), false);
+  narrow_compute_ = narrows_locked(rates_, false);
   std::set<int> ran = ran_;
   ran.insert(order_.begin(), order_.end());
   switch_plan_locked(plan_for(order_, ran, rates_, plan_.runs));
+}
+
+bool Engine::narrows_locked(const PassRates& rates, bool narrowed) const {
+  return backend_->device() == "cpu" && narrow_streamed_compute(rates, compute_threads_.full(), narrowed);
 }
 
 void Engine::set_plan_locked(const Plan& plan) {

@@ -163,7 +163,10 @@ class Engine {
   // the cold start's reads: a measure that can only overstate the usage may grow the
   // budget, never shrink it.
   bool adapt_budget_locked(bool grow_only = false);
-  void relayout_locked(const std::vector<int>& order, double seconds, const PrefetchStats& stats);
+  // A layout for the rates `measured` on the forward that ran `order`.
+  void relayout_locked(const std::vector<int>& order, const PassRates& measured);
+  // The next forwards' streamed modules compute on one thread fewer (on the CPU only).
+  bool narrows_locked(const PassRates& rates, bool narrowed) const;
   void switch_plan_locked(const Plan& plan);
   void set_plan_locked(const Plan& plan);
   void abandon_locked();

@@ -20,6 +20,7 @@ class Outcome:
     peak_source: str  # "cgroup" or "rss"
     oom_killed: bool
     seconds: float
+    timed_out: bool = False
 
 
 def available() -> bool:
@@ -74,9 +75,11 @@ def run(cmd: List[str], limit_bytes: Optional[int], *, env=None, timeout: float 
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=enter)
+    timed_out = False
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        timed_out = True
         proc.kill()
         out, err = proc.communicate()
     seconds = time.perf_counter() - start
@@ -103,4 +106,6 @@ def run(cmd: List[str], limit_bytes: Optional[int], *, env=None, timeout: float 
                     break
                 except OSError:
                     time.sleep(0.1)
-    return Outcome(proc.returncode, out, err, peak, source, oom or proc.returncode == -9, seconds)
+    # A kill for the timeout is not an OOM kill (rusage cannot tell them apart otherwise).
+    return Outcome(proc.returncode, out, err, peak, source, oom or (proc.returncode == -9 and not timed_out), seconds,
+                   timed_out)

@@ -94,7 +94,7 @@ def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
 
 def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
             steady: int, new_tokens: int, budget: str = "auto", baseline: Optional[str] = None,
-            prompt_tokens: int = 32, read_mode: Optional[str] = None) -> Dict:
+            prompt_tokens: int = 32, read_mode: Optional[str] = None, timeout: float = 600) -> Dict:
     logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
     worker_system = "litcore" if system.startswith("litcore") else system
     lit = paths["cli_order_lit"] if system == "litcore-cli-order" else paths["lit"]
@@ -115,7 +115,7 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
         env["PYTHONPATH"] = baseline
         env["LD_LIBRARY_PATH"] = os.path.join(os.path.dirname(torch.__file__), "lib")
     cgroup.evict([paths["model_dir"]])
-    outcome = cgroup.run(cmd, limit, env=env)
+    outcome = cgroup.run(cmd, limit, env=env, timeout=timeout)
     row = {"system": system, "limit_mb": limit // 10**6 if limit else None, "peak_mb": outcome.peak_bytes / 10**6,
            "peak_source": outcome.peak_source, "oom_killed": outcome.oom_killed, "returncode": outcome.returncode}
     line = next((l for l in outcome.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -123,7 +123,12 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
         row.update(json.loads(line[len("RESULT "):]))
         row["logits"] = logits
     else:
-        row["error"] = "killed (out of memory)" if outcome.oom_killed else (outcome.stderr.strip().splitlines() or ["failed"])[-1][-200:]
+        if outcome.oom_killed:
+            row["error"] = "killed (out of memory)"
+        elif outcome.timed_out:  # e.g. a model just over its limit, thrashing the page cache instead of being killed
+            row["error"] = f"stopped after {timeout:.0f} s (--row-timeout)"
+        else:
+            row["error"] = (outcome.stderr.strip().splitlines() or ["failed"])[-1][-200:]
     return row
 
 
@@ -176,6 +181,9 @@ def main() -> None:
     parser.add_argument("--litcore-budget", default="auto", help="litcore's memory_budget (default: auto)")
     parser.add_argument("--litcore-read-mode", help="litcore's read_mode (default: litcore's default)")
     parser.add_argument("--baseline", help="a litcore build installed with pip --target: the system litcore-baseline")
+    parser.add_argument("--row-timeout", type=float, default=600,
+                        help="seconds one system may run in one limit before it is stopped and reported so "
+                             "(a model just over its limit can thrash the page cache for many minutes)")
     parser.add_argument("--cache", default=".cache/bench")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--docs", default="docs/benchmarks.md")
@@ -215,7 +223,7 @@ def main() -> None:
                 file_bytes = os.path.getsize(paths["lit"])
                 before = disk_bandwidth(paths, max(file_bytes - limit, file_bytes // 4), limit, probes=1)
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
-                          args.baseline, args.prompt_tokens, args.litcore_read_mode)
+                          args.baseline, args.prompt_tokens, args.litcore_read_mode, args.row_timeout)
             if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
                 after = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit, probes=1)
                 row["disk_bytes_per_s"] = before + after  # a failed probe leaves the other

@@ -85,3 +85,18 @@ def test_floor_table_without_the_in_memory_row():
     assert lines[3] == ("| litcore | 1200 MB | IO-bound (reader) | 1.20 | 2.00 / 2.00 | 0.60 | 0.66 | 1.10x | 2.10, 88% | "
                         "1.67 | 1.44 | 1.16x | — |")
     assert lines[4].startswith("| litcore | 1800 MB | compute-bound (reader) | 0.40 |")
+
+
+def test_a_row_past_its_timeout_is_stopped_and_named_so():
+    """A system that runs on past --row-timeout (a model just over its limit can thrash the
+    page cache for many minutes instead of being killed) is stopped and reported as stopped,
+    not as killed for memory."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import cgroup
+
+    out = cgroup.run([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], None,
+                     timeout=2)
+    assert out.timed_out and not out.oom_killed
+    assert out.seconds < 30 and out.stdout == "started\n"
+    quick = cgroup.run([sys.executable, "-c", "pass"], None, timeout=60)
+    assert quick.returncode == 0 and not quick.timed_out

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 import litcore
 from conftest import run_python, same
+from litcore.convert import natural_key
 
 
 def _state(seed=0, n=6):
@@ -180,3 +181,46 @@ def test_cli_convert_inspect_verify(tmp):
     assert r.returncode == 2 and "missing.lit" in r.stderr
     r = subprocess.run(["litcore", "--help"], capture_output=True, text=True, env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]})
     assert r.returncode == 0 and "convert" in r.stdout
+
+
+def _file_order(store):
+    """The names of the stored tensors that hold bytes, in the order their bytes lie in the file."""
+    ranges = {k: store.native.byte_ranges([k]) for k in store.keys() if store.info(k).alias_of is None}
+    return sorted((k for k, r in ranges.items() if r), key=lambda k: ranges[k][0][0])
+
+
+def test_a_model_directory_converts_in_its_models_order(tmp):
+    """`litcore convert DIR` writes what from_pretrained writes: the order the model runs in,
+    not the names' order (where `layers.0.mlp` comes before `layers.0.self_attn`)."""
+    from litcore import synthetic
+    from litcore.hf import convert_pretrained
+
+    synthetic.make_model_dir(str(tmp / "llama"), synthetic.llama_config("tiny"))
+    litcore.convert(tmp / "llama", tmp / "convert.lit", progress=False)
+    convert_pretrained(tmp / "llama", tmp / "pretrained.lit", progress=False)
+    with litcore.Store(tmp / "convert.lit") as converted, litcore.Store(tmp / "pretrained.lit") as pretrained:
+        order = _file_order(converted)
+        assert order == _file_order(pretrained)
+        assert order != sorted(order, key=natural_key)
+        assert order.index("model.layers.0.self_attn.q_proj.weight") < order.index("model.layers.0.mlp.gate_proj.weight")
+
+
+def test_a_lit_file_keeps_its_order_when_its_dtype_changes(tmp):
+    g = torch.Generator().manual_seed(0)
+    names = ["z.weight", "layers.10.weight", "a.weight", "layers.2.weight"]
+    litcore.save({n: torch.randn(8, 8, generator=g) for n in names}, tmp / "m.lit")
+    litcore.convert(tmp / "m.lit", tmp / "b.lit", dtype="bfloat16", progress=False)
+    with litcore.Store(tmp / "b.lit") as store:
+        assert _file_order(store) == names
+        assert store.info("a.weight").dtype == torch.bfloat16
+
+
+def test_a_model_directory_transformers_cannot_build_converts_in_name_order(tmp):
+    sd = _state()
+    (tmp / "hf").mkdir()
+    save_file(sd, tmp / "hf" / "model.safetensors")
+    (tmp / "hf" / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    with pytest.warns(UserWarning, match="hf': tensors written in name order, not the model's"):
+        litcore.convert(tmp / "hf", tmp / "m.lit", progress=False)
+    with litcore.Store(tmp / "m.lit") as store:
+        assert _file_order(store) == sorted((k for k in sd if sd[k].numel()), key=natural_key)

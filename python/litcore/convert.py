@@ -232,9 +232,12 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
 
     `src` is a .safetensors file, a Hugging Face model directory (single or sharded
     safetensors, or pytorch_model.bin), a torch state-dict file (.bin/.pt, loaded with
-    weights_only=True, mmap=True), or another .lit file (to change its dtype). Tensors are written in `order` if given (names not in
-    it follow), else in natural name order. A model directory's config.json is kept in the
-    metadata under "transformers.config".
+    weights_only=True, mmap=True), or another .lit file (to change its dtype). Tensors are
+    written in `order` if given (names not in it follow, in natural name order). Without it a
+    model directory is written in its model's order (the order it runs in, so that what
+    streams is one range of the file) where transformers can build the model its config.json
+    describes, a .lit file keeps its own order, and the rest goes in natural name order. A
+    model directory's config.json is kept in the metadata under "transformers.config".
     """
     src, dst = os.fspath(src), os.fspath(dst)
     target = dtypes.resolve(dtype)
@@ -251,6 +254,8 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
             plans, original, source = _lit_plans(files[0], target)
         else:
             plans, original = _torch_plans(files, target)
+        if order is None:
+            order = _default_order(src, source)
         rank = {name: i for i, name in enumerate(order or [])}
         fallback = len(rank)
         plans = _reorder(plans, lambda p: (rank.get(p.name, fallback), natural_key(p.name)))
@@ -271,6 +276,17 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
         if source is not None:
             source.close()
     return dst
+
+
+def _default_order(src: str, source: Optional[Store]) -> Optional[Sequence[str]]:
+    """The order a conversion keeps where none is given (see `convert`); None: name order."""
+    if source is not None:
+        return source.keys()
+    if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+        from litcore.hf import directory_model_order
+
+        return directory_model_order(src)
+    return None
 
 
 def _reorder(plans: List[TensorPlan], key) -> List[TensorPlan]:

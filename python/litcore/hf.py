@@ -19,7 +19,7 @@ from litcore.residency import Plan, Unit, make_plan, read_group_bytes
 from litcore.store import PathLike, Store
 
 __all__ = ["from_pretrained", "plan_pretrained", "convert_pretrained", "config_from_lit", "model_class_for",
-           "model_order", "default_cache_dir"]
+           "model_order", "directory_model_order", "default_cache_dir"]
 
 CONVERT_DTYPE_KEY = "litcore.convert_dtype"
 SOURCE_KEY = "litcore.source_signature"
@@ -186,6 +186,25 @@ def model_order(model_class: Type, config: Any) -> List[str]:
     with empty_init():
         skeleton = model_class(config)
     return list(skeleton.state_dict(keep_vars=True))
+
+
+def directory_model_order(model_dir: PathLike) -> Optional[List[str]]:
+    """The order of the model a transformers directory's config.json describes (what
+    `litcore.convert` writes that directory in), or None where transformers is not installed
+    or cannot build that model: the weights then convert in name order, and a warning says why
+    where transformers is installed."""
+    src = os.fspath(model_dir)
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(src)
+        return model_order(model_class_for(config), config)
+    except Exception as exc:  # any failure to build the model: the order is only a speed-up
+        warnings.warn(f"litcore: '{src}': tensors written in name order, not the model's: transformers could not "
+                      f"build the model its config.json describes ({type(exc).__name__}: {exc})", stacklevel=4)
+        return None
 
 
 def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None,

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import litcore
 from conftest import run_python, same
-from litcore.convert import natural_key
+from litcore.convert import ORDER_METADATA_KEY, natural_key
 
 
 def _state(seed=0, n=6):
@@ -42,7 +42,7 @@ def test_from_single_safetensors(tmp):
     keys, meta = _check(tmp / "m.lit", sd)
     # natural order: layer 2 before layer 10-style ordering, module order kept
     assert keys.index("model.layers.2.mlp.weight") < keys.index("model.layers.5.mlp.weight")
-    assert meta["litcore.source_format"] == "safetensors"
+    assert meta["litcore.source_format"] == "safetensors" and meta[ORDER_METADATA_KEY] == "name"
 
 
 def test_dtype_conversion_during_convert(tmp):
@@ -95,6 +95,7 @@ def test_explicit_order(tmp):
     litcore.convert(tmp / "model.safetensors", tmp / "m.lit", order=order, progress=False)
     with litcore.Store(tmp / "m.lit") as store:
         assert store.keys()[:2] == order
+        assert store.metadata[ORDER_METADATA_KEY] == "given"
 
 
 def test_bad_sources(tmp):
@@ -163,9 +164,10 @@ def test_cli_convert_inspect_verify(tmp):
     cli = [sys.executable, "-m", "litcore"]
     r = subprocess.run(cli + ["convert", str(tmp / "model.safetensors"), str(tmp / "m.lit"), "--dtype", "bf16", "-q"],
                        capture_output=True, text=True, check=True)
-    assert "wrote" in r.stdout
+    assert "wrote" in r.stdout and r.stdout.strip().endswith(", in name order")  # a bare file: no model to order by
     r = subprocess.run(cli + ["inspect", str(tmp / "m.lit")], capture_output=True, text=True, check=True)
     assert "model.layers.0.mlp.weight" in r.stdout and "bfloat16" in r.stdout and "tensors" in r.stdout
+    assert "litcore.tensor_order: name" in r.stdout
     r = subprocess.run(cli + ["inspect", "--json", str(tmp / "m.lit")], capture_output=True, text=True, check=True)
     assert json.loads(r.stdout)["tensors"]["model.position_ids"]["dtype"] == "int64"
     r = subprocess.run(cli + ["verify", "-q", str(tmp / "m.lit")], capture_output=True, text=True)
@@ -203,6 +205,10 @@ def test_a_model_directory_converts_in_its_models_order(tmp):
         assert order == _file_order(pretrained)
         assert order != sorted(order, key=natural_key)
         assert order.index("model.layers.0.self_attn.q_proj.weight") < order.index("model.layers.0.mlp.gate_proj.weight")
+        assert converted.metadata[ORDER_METADATA_KEY] == pretrained.metadata[ORDER_METADATA_KEY] == "model"
+    litcore.convert(tmp / "convert.lit", tmp / "bf16.lit", dtype="bfloat16", progress=False)
+    with litcore.Store(tmp / "bf16.lit") as again:  # a .lit source passes its order on, and says which
+        assert _file_order(again) == order and again.metadata[ORDER_METADATA_KEY] == "model"
 
 
 def test_a_lit_file_keeps_its_order_when_its_dtype_changes(tmp):
@@ -212,7 +218,7 @@ def test_a_lit_file_keeps_its_order_when_its_dtype_changes(tmp):
     litcore.convert(tmp / "m.lit", tmp / "b.lit", dtype="bfloat16", progress=False)
     with litcore.Store(tmp / "b.lit") as store:
         assert _file_order(store) == names
-        assert store.info("a.weight").dtype == torch.bfloat16
+        assert store.info("a.weight").dtype == torch.bfloat16 and store.metadata[ORDER_METADATA_KEY] == "source"
 
 
 def test_a_model_directory_transformers_cannot_build_converts_in_name_order(tmp):
@@ -224,3 +230,4 @@ def test_a_model_directory_transformers_cannot_build_converts_in_name_order(tmp)
         litcore.convert(tmp / "hf", tmp / "m.lit", progress=False)
     with litcore.Store(tmp / "m.lit") as store:
         assert _file_order(store) == sorted((k for k in sd if sd[k].numel()), key=natural_key)
+        assert store.metadata[ORDER_METADATA_KEY] == "name"

@@ -10,6 +10,7 @@ import time
 from typing import List, Optional
 
 from litcore import FormatError, Store, __version__, convert
+from litcore.convert import ORDER_METADATA_KEY
 from litcore.budget import budget_argument
 from litcore.lit_module import resolve_weights_path
 
@@ -24,10 +25,14 @@ def _human(n: float) -> str:
     return str(n)
 
 
+_ORDER_WORDS = {"model": "in the model's order", "source": "in the source's order", "name": "in name order"}
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     convert(args.src, args.dst, dtype=args.dtype, progress=not args.quiet)
     with Store(args.dst) as store:
-        print(f"wrote {args.dst}: {len(store)} tensors, {_human(store.nbytes)}")
+        order = _ORDER_WORDS.get(store.metadata.get(ORDER_METADATA_KEY, ""), "")
+        print(f"wrote {args.dst}: {len(store)} tensors, {_human(store.nbytes)}" + (f", {order}" if order else ""))
     return 0
 
 

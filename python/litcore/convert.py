@@ -18,9 +18,12 @@ from litcore.dtypes import DTypeLike
 from litcore.save import TensorPlan, base_metadata, plan_tensors, write_planned
 from litcore.store import PathLike, Store
 
-__all__ = ["convert", "natural_key", "open_state_dict", "source_sizes", "CONFIG_METADATA_KEY"]
+__all__ = ["convert", "natural_key", "open_state_dict", "source_sizes", "CONFIG_METADATA_KEY", "ORDER_METADATA_KEY"]
 
 CONFIG_METADATA_KEY = "transformers.config"
+# Which order a conversion wrote the tensors in: "model" (the order the model runs in),
+# "source" (a .lit source's own), "given" (the caller's `order`) or "name" (natural name order).
+ORDER_METADATA_KEY = "litcore.tensor_order"
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -254,15 +257,17 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
             plans, original, source = _lit_plans(files[0], target)
         else:
             plans, original = _torch_plans(files, target)
+        order_kind = "given"
         if order is None:
-            order = _default_order(src, source)
+            order, order_kind = _default_order(src, source)
         rank = {name: i for i, name in enumerate(order or [])}
         fallback = len(rank)
         plans = _reorder(plans, lambda p: (rank.get(p.name, fallback), natural_key(p.name)))
         meta = {}
         if source is not None:  # a .lit source keeps what it carries (its model's config)
             meta.update({k: v for k, v in source.metadata.items() if not k.startswith("litcore.")})
-        meta.update({"litcore.source": os.path.basename(os.path.normpath(src)), "litcore.source_format": kind})
+        meta.update({"litcore.source": os.path.basename(os.path.normpath(src)), "litcore.source_format": kind,
+                     ORDER_METADATA_KEY: order_kind})
         config = os.path.join(src, "config.json") if os.path.isdir(src) else None
         if config and os.path.exists(config):
             with open(config) as f:
@@ -278,15 +283,18 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
     return dst
 
 
-def _default_order(src: str, source: Optional[Store]) -> Optional[Sequence[str]]:
-    """The order a conversion keeps where none is given (see `convert`); None: name order."""
+def _default_order(src: str, source: Optional[Store]) -> Tuple[Optional[Sequence[str]], str]:
+    """The order a conversion writes where none is given (see `convert`), and its kind for
+    ORDER_METADATA_KEY; None: natural name order."""
     if source is not None:
-        return source.keys()
+        return source.keys(), source.metadata.get(ORDER_METADATA_KEY, "source")
     if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
         from litcore.hf import directory_model_order
 
-        return directory_model_order(src)
-    return None
+        order = directory_model_order(src)
+        if order is not None:
+            return order, "model"
+    return None, "name"
 
 
 def _reorder(plans: List[TensorPlan], key) -> List[TensorPlan]:

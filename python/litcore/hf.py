@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 from litcore import dtypes
 from litcore.binding import unit_spec
 from litcore.budget import Budget, resolve_budget
-from litcore.convert import CONFIG_METADATA_KEY, _resolve_sources, convert, source_sizes
+from litcore.convert import CONFIG_METADATA_KEY, ORDER_METADATA_KEY, _resolve_sources, convert, source_sizes
 from litcore.dtypes import DTypeLike
 from litcore.empty_init import empty_init
 from litcore.engine import DEFAULT_VERIFY, check_verify
@@ -127,8 +127,10 @@ def _converted(src: str, cache_dir: Optional[str], dtype: Optional[DTypeLike], v
     dtype_name = dtypes.name_of(dtypes.resolve(dtype)) if dtype is not None else None
     cached = _cache_path(src, cache_dir, dtype_name)
     if not _reusable(cached, src, verify):
-        convert(src, cached, dtype=dtype, progress=progress, order=order,
-                metadata={CONVERT_DTYPE_KEY: dtype_name or "as-is", SOURCE_KEY: _signature(src)})
+        metadata = {CONVERT_DTYPE_KEY: dtype_name or "as-is", SOURCE_KEY: _signature(src)}
+        if order is not None:
+            metadata[ORDER_METADATA_KEY] = "model"
+        convert(src, cached, dtype=dtype, progress=progress, order=order, metadata=metadata)
         with open(_stamp_path(cached), "w") as f:
             f.write(_stamp(cached))
     return cached
@@ -215,7 +217,8 @@ def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DT
 
     src = os.fspath(model_dir)
     config = AutoConfig.from_pretrained(src)
-    return convert(src, dst, dtype=dtype, progress=progress, order=model_order(model_class_for(config), config))
+    return convert(src, dst, dtype=dtype, progress=progress, order=model_order(model_class_for(config), config),
+                   metadata={ORDER_METADATA_KEY: "model"})
 
 
 def _build(model_class: Type, config: Any):

@@ -9,6 +9,7 @@ the kernel read ahead past a read after the next one. A file in name order (what
 convert` of a safetensors file gives: within a layer the MLP before the attention) is the hard
 case for them: its peak grew 92-102 MiB over this 64 MiB budget with "sendfile" and "pread",
 against the 128 MiB this test allows (an earlier version reached 128-173 MiB)."""
+import functools
 import json
 import os
 import sys
@@ -71,15 +72,10 @@ def _run(path, read_mode, limit=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-_UNLIMITED = {}
-
-
+@functools.cache
 def _run_unlimited(path, read_mode):
     """The run without a limit, once per file and read mode: both tests below measure it."""
-    key = (str(path), read_mode)
-    if key not in _UNLIMITED:
-        _UNLIMITED[key] = _run(path, read_mode)
-    return _UNLIMITED[key]
+    return _run(path, read_mode)
 
 
 @pytest.mark.parametrize("order, read_mode", [("model-order", "direct"), ("name-order", "direct"),

@@ -10,8 +10,8 @@ import time
 from typing import List, Optional
 
 from litcore import FormatError, Store, __version__, convert
-from litcore.convert import ORDER_METADATA_KEY
 from litcore.budget import budget_argument
+from litcore.convert import ORDER_METADATA_KEY
 from litcore.lit_module import resolve_weights_path
 
 DTYPE_HELP = "float32, float16, bfloat16 or float64 (also fp32, fp16, bf16); integer tensors are kept"

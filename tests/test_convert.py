@@ -96,6 +96,10 @@ def test_explicit_order(tmp):
     with litcore.Store(tmp / "m.lit") as store:
         assert store.keys()[:2] == order
         assert store.metadata[ORDER_METADATA_KEY] == "given"
+    # Converted again from the CLI (a .lit keeps its order and its record), the line says so.
+    r = subprocess.run([sys.executable, "-m", "litcore", "convert", str(tmp / "m.lit"), str(tmp / "again.lit"), "-q"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip().endswith(", in the order its writer gave")
 
 
 def test_bad_sources(tmp):
@@ -226,7 +230,7 @@ def test_a_model_directory_transformers_cannot_build_converts_in_name_order(tmp)
     (tmp / "hf").mkdir()
     save_file(sd, tmp / "hf" / "model.safetensors")
     (tmp / "hf" / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
-    with pytest.warns(UserWarning, match="hf': tensors written in name order, not the model's"):
+    with pytest.warns(UserWarning, match="hf': tensors written in name order under the checkpoint's names, not the model's"):
         litcore.convert(tmp / "hf", tmp / "m.lit", progress=False)
     with litcore.Store(tmp / "m.lit") as store:
         assert _file_order(store) == sorted((k for k in sd if sd[k].numel()), key=natural_key)

@@ -55,11 +55,20 @@ class Binding:
         return [unit_spec(root, u.name, u.module, u.file_keys, u.has_buffers, lookups=lookups) for u in self.units]
 
 
+def _holds_stored_tensors(module: nn.Module) -> bool:
+    """True when `module` or a module under it has a parameter or a persistent buffer."""
+    return any(next(m.parameters(recurse=False), None) is not None or
+               any(b is not None and n not in m._non_persistent_buffers_set for n, b in m._buffers.items())
+               for m in module.modules())
+
+
 def unit_spec(root: nn.Module, name: str, module: nn.Module, keys: List[str], has_buffers: bool, *,
               lookups: bool = True) -> UnitSpec:
     """One module as the engine takes it: a leaf module holding only parameters can stream;
-    with `lookups`, embeddings are read by lookup (on a GPU they are copied whole)."""
-    leaf = next(iter(module.children()), None) is None and module is not root
+    with `lookups`, embeddings are read by lookup (on a GPU they are copied whole). A module
+    whose children hold no stored tensors (a mixture-of-experts block's experts, with their
+    activation function as a child) is a leaf here: its weights are used while it runs."""
+    leaf = module is not root and not any(_holds_stored_tensors(c) for c in module.children())
     return (name or "<root>", list(keys), leaf and not has_buffers, lookups and isinstance(module, LOOKUP_MODULES))
 
 

@@ -25,7 +25,8 @@ def _human(n: float) -> str:
     return str(n)
 
 
-_ORDER_WORDS = {"model": "in the model's order", "source": "in the source's order", "name": "in name order"}
+_ORDER_WORDS = {"model": "in the model's order", "source": "in the source's order", "given": "in the order its writer gave",
+                "name": "in name order"}
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

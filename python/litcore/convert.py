@@ -18,7 +18,7 @@ from litcore.dtypes import DTypeLike
 from litcore.save import TensorPlan, base_metadata, plan_tensors, write_planned
 from litcore.store import PathLike, Store
 
-__all__ = ["convert", "natural_key", "open_state_dict", "source_sizes", "CONFIG_METADATA_KEY", "ORDER_METADATA_KEY"]
+__all__ = ["convert", "natural_key", "open_state_dict", "source_plans", "source_sizes", "CONFIG_METADATA_KEY", "ORDER_METADATA_KEY"]
 
 CONFIG_METADATA_KEY = "transformers.config"
 # Which order a conversion wrote the tensors in: "model" (the order the model runs in),
@@ -94,23 +94,27 @@ def _safetensors_plans(files: Sequence[str], dtype: Optional[torch.dtype]) -> Tu
         fds.append(fd)
         for name, (src_dtype, shape, offset, nbytes) in st.entries.items():
             final = dtypes.converted(src_dtype, dtype)
+
+            def read(fd: int = fd, offset: int = offset, nbytes: int = nbytes, src_dtype: torch.dtype = src_dtype,
+                     shape: Tuple[int, ...] = shape, path: str = path) -> torch.Tensor:
+                raw = torch.empty(nbytes, dtype=torch.uint8)
+                got = os.preadv(fd, [raw.numpy()], offset) if nbytes else 0
+                if got != nbytes:
+                    raise OSError(f"litcore: '{path}' ended early ({got} of {nbytes} bytes)")
+                return raw.view(src_dtype).reshape(shape)
+
             if final == src_dtype:
                 def produce(w: "_C.Writer", i: int, fd: int = fd, offset: int = offset, nbytes: int = nbytes, path: str = path) -> None:
                     w.copy_from_fd(i, fd, offset, nbytes, path)
             else:
                 original[name] = dtypes.name_of(src_dtype)
 
-                def produce(w: "_C.Writer", i: int, fd: int = fd, offset: int = offset, nbytes: int = nbytes,
-                            src_dtype: torch.dtype = src_dtype, shape: Tuple[int, ...] = shape, path: str = path) -> None:
-                    raw = torch.empty(nbytes, dtype=torch.uint8)
-                    got = os.preadv(fd, [raw.numpy()], offset) if nbytes else 0
-                    if got != nbytes:
-                        raise OSError(f"litcore: '{path}' ended early ({got} of {nbytes} bytes)")
-                    w.write(i, raw.view(src_dtype).reshape(shape).to(dtype).contiguous())
+                def produce(w: "_C.Writer", i: int, read=read) -> None:
+                    w.write(i, read().to(dtype).contiguous())
             if name in names:
                 raise FormatError(f"litcore: tensor '{name}' appears in more than one shard ('{path}')")
             names.add(name)
-            plans.append(TensorPlan(name, final, shape, produce=produce))
+            plans.append(TensorPlan(name, final, shape, produce=produce, read=read))
     return plans, original, fds
 
 
@@ -147,6 +151,7 @@ def _mapped_plans(items: List[Tuple[str, torch.Tensor]], dtype: Optional[torch.d
     is written, so a conversion never keeps its source resident. Ties stay ties."""
     plans, original = plan_tensors(items, dtype)
     for plan, (_, t) in zip(plans, items):
+        plan.read = lambda t=t: t
         if plan.produce is not None:
             inner = plan.produce
 
@@ -200,6 +205,26 @@ def source_sizes(src: PathLike, dtype: Optional[DTypeLike] = None) -> Dict[str, 
     return out
 
 
+def source_plans(src: PathLike, dtype: Optional[DTypeLike] = None) -> List[TensorPlan]:
+    """Every tensor of a model directory or a .safetensors or .bin/.pt file as a conversion
+    with `dtype` would plan it (name, dtype, shape) before any model's layout, from the
+    headers alone: these plans only describe, they cannot be written."""
+    src = os.fspath(src)
+    target = dtypes.resolve(dtype)
+    kind, files = _resolve_sources(src)
+    plans: List[TensorPlan] = []
+    for path in files:
+        if kind == "safetensors":
+            for name, (src_dtype, shape, _, _) in _SafetensorsFile(path).entries.items():
+                plans.append(TensorPlan(name, dtypes.converted(src_dtype, target), shape))
+        elif kind == "torch":
+            for name, t in open_state_dict(path).items():
+                plans.append(TensorPlan(name, dtypes.converted(t.dtype, target), t.shape))
+        else:
+            raise ValueError(f"litcore: '{src}' is a .lit file: its tensors are in the model's layout already")
+    return plans
+
+
 def _resolve_sources(src: str) -> Tuple[str, List[str]]:
     """('safetensors' | 'torch', files) for a file or a Hugging Face model directory."""
     if os.path.isdir(src):
@@ -230,7 +255,8 @@ def _resolve_sources(src: str) -> Tuple[str, List[str]]:
 
 
 def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, progress: bool = True,
-            order: Optional[Sequence[str]] = None, metadata: Optional[Dict[str, str]] = None) -> str:
+            order: Optional[Sequence[str]] = None, metadata: Optional[Dict[str, str]] = None,
+            model: Optional[torch.nn.Module] = None) -> str:
     """Converts weights at `src` to the litcore file `dst`; returns `dst`.
 
     `src` is a .safetensors file, a Hugging Face model directory (single or sharded
@@ -241,6 +267,12 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
     streams is one range of the file) where transformers can build the model its config.json
     describes, a .lit file keeps its own order, and the rest goes in natural name order. A
     model directory's config.json is kept in the metadata under "transformers.config".
+
+    `model` (built empty: litcore.empty_init or the meta device) is the model the file is
+    for: without `order` the file is in its order, and for a transformers model the
+    checkpoint's tensors are renamed and fused as transformers does when it loads them
+    (litcore.hf_checkpoint), so the file holds the model's names. A model directory gets the
+    model its config.json describes.
     """
     src, dst = os.fspath(src), os.fspath(dst)
     target = dtypes.resolve(dtype)
@@ -257,9 +289,17 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
             plans, original, source = _lit_plans(files[0], target)
         else:
             plans, original = _torch_plans(files, target)
+        if model is None and source is None:
+            model = _directory_model(src)
+        if model is not None:
+            from litcore.hf_checkpoint import to_model_layout
+
+            plans = to_model_layout(plans, model, target, original)
         order_kind = "given"
-        if order is None:
-            order, order_kind = _default_order(src, source)
+        if order is None and model is not None:
+            order, order_kind = list(model.state_dict(keep_vars=True)), "model"
+        elif order is None:
+            order, order_kind = _default_order(source)
         rank = {name: i for i, name in enumerate(order or [])}
         fallback = len(rank)
         plans = _reorder(plans, lambda p: (rank.get(p.name, fallback), natural_key(p.name)))
@@ -283,17 +323,21 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
     return dst
 
 
-def _default_order(src: str, source: Optional[Store]) -> Tuple[Optional[Sequence[str]], str]:
-    """The order a conversion writes where none is given (see `convert`), and its kind for
+def _directory_model(src: str) -> Optional[torch.nn.Module]:
+    """The model a transformers directory's config.json describes, built empty, or None (no
+    such directory, no transformers, or a warning says why it could not be built)."""
+    if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+        from litcore.hf import directory_model
+
+        return directory_model(src)
+    return None
+
+
+def _default_order(source: Optional[Store]) -> Tuple[Optional[Sequence[str]], str]:
+    """The order a conversion without a model writes (see `convert`), and its kind for
     ORDER_METADATA_KEY; None: natural name order."""
     if source is not None:
         return source.keys(), source.metadata.get(ORDER_METADATA_KEY, "source")
-    if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
-        from litcore.hf import directory_model_order
-
-        order = directory_model_order(src)
-        if order is not None:
-            return order, "model"
     return None, "name"
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 from litcore import dtypes
 from litcore.binding import unit_spec
 from litcore.budget import Budget, resolve_budget
-from litcore.convert import CONFIG_METADATA_KEY, ORDER_METADATA_KEY, _resolve_sources, convert, source_sizes
+from litcore.convert import CONFIG_METADATA_KEY, _resolve_sources, convert, source_plans, source_sizes
 from litcore.dtypes import DTypeLike
 from litcore.empty_init import empty_init
 from litcore.engine import DEFAULT_VERIFY, check_verify
@@ -19,10 +19,13 @@ from litcore.residency import Plan, Unit, make_plan, read_group_bytes
 from litcore.store import PathLike, Store
 
 __all__ = ["from_pretrained", "plan_pretrained", "convert_pretrained", "config_from_lit", "model_class_for",
-           "model_order", "directory_model_order", "default_cache_dir"]
+           "model_order", "directory_model", "default_cache_dir"]
 
 CONVERT_DTYPE_KEY = "litcore.convert_dtype"
 SOURCE_KEY = "litcore.source_signature"
+# Raised when what a conversion of the same source writes changes: caches made before are
+# converted again. 2: checkpoint tensors renamed and fused as transformers loads them.
+_CONVERSION_VERSION = 2
 
 
 def default_cache_dir() -> str:
@@ -70,7 +73,8 @@ def _cache_path(src: str, cache_dir: Optional[str], dtype: Optional[str]) -> str
 
 
 def _signature(src: str) -> str:
-    """What identifies a source: its weight files' and config's names, sizes and mtimes."""
+    """What identifies a source: its weight files' and config's names, sizes and mtimes, and
+    the conversion's version."""
     kind, files = _resolve_sources(src)
     if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
         files = files + [os.path.join(src, "config.json")]
@@ -78,7 +82,7 @@ def _signature(src: str) -> str:
     for f in files:
         st = os.stat(f)
         entries.append([os.path.basename(f), st.st_size, st.st_mtime_ns])
-    return json.dumps(entries)
+    return json.dumps({"conversion": _CONVERSION_VERSION, "files": entries})
 
 
 def _stamp_path(cached: str) -> str:
@@ -122,15 +126,14 @@ def _reusable(cached: str, src: str, verify: str) -> bool:
 
 
 def _converted(src: str, cache_dir: Optional[str], dtype: Optional[DTypeLike], verify: str, progress: bool,
-               order: Optional[List[str]] = None) -> str:
-    """The cached conversion of `src` (with `dtype`), made if missing, stale or corrupt."""
+               model: Any = None) -> str:
+    """The cached conversion of `src` (with `dtype`, for `model` built empty), made if
+    missing, stale or corrupt."""
     dtype_name = dtypes.name_of(dtypes.resolve(dtype)) if dtype is not None else None
     cached = _cache_path(src, cache_dir, dtype_name)
     if not _reusable(cached, src, verify):
         metadata = {CONVERT_DTYPE_KEY: dtype_name or "as-is", SOURCE_KEY: _signature(src)}
-        if order is not None:
-            metadata[ORDER_METADATA_KEY] = "model"
-        convert(src, cached, dtype=dtype, progress=progress, order=order, metadata=metadata)
+        convert(src, cached, dtype=dtype, progress=progress, metadata=metadata, model=model)
         with open(_stamp_path(cached), "w") as f:
             f.write(_stamp(cached))
     return cached
@@ -170,7 +173,7 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
     cache = os.fspath(cache_dir) if cache_dir is not None else None
     if os.path.isdir(src):
         config, model_class = _config_and_class(src, config, model_class)
-        lit_path = _converted(src, cache, dtype, check_cache, progress, model_order(model_class, config))
+        lit_path = _converted(src, cache, dtype, check_cache, progress, _skeleton(model_class, config))
     else:
         if not os.path.exists(src):
             raise FileNotFoundError(f"litcore: '{src}' does not exist (expected a model directory or a .lit file)")
@@ -182,19 +185,24 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                                  read_mode=read_mode, verbose=verbose, verify=verify)
 
 
+def _skeleton(model_class: Type, config: Any):
+    """The model built empty: its names, shapes, order and transformers' conversion tables."""
+    with empty_init():
+        return model_class(config)
+
+
 def model_order(model_class: Type, config: Any) -> List[str]:
     """The model's parameter and buffer names in the order it registers them (roughly the
     order it runs them): the order conversions write tensors in."""
-    with empty_init():
-        skeleton = model_class(config)
-    return list(skeleton.state_dict(keep_vars=True))
+    return list(_skeleton(model_class, config).state_dict(keep_vars=True))
 
 
-def directory_model_order(model_dir: PathLike) -> Optional[List[str]]:
-    """The order of the model a transformers directory's config.json describes (what
-    `litcore.convert` writes that directory in), or None where transformers is not installed
-    or cannot build that model: the weights then convert in name order, and a warning says why
-    where transformers is installed."""
+def directory_model(model_dir: PathLike):
+    """The model a transformers directory's config.json describes, built empty (what
+    `litcore.convert` writes that directory for: in its order, under its names), or None
+    where transformers is not installed or cannot build that model: the weights then convert
+    in name order under the checkpoint's names, and a warning says why where transformers is
+    installed."""
     src = os.fspath(model_dir)
     try:
         from transformers import AutoConfig
@@ -202,23 +210,24 @@ def directory_model_order(model_dir: PathLike) -> Optional[List[str]]:
         return None
     try:
         config = AutoConfig.from_pretrained(src)
-        return model_order(model_class_for(config), config)
-    except Exception as exc:  # any failure to build the model: the order is only a speed-up
-        warnings.warn(f"litcore: '{src}': tensors written in name order, not the model's: transformers could not "
-                      f"build the model its config.json describes ({type(exc).__name__}: {exc})", stacklevel=4)
+        return _skeleton(model_class_for(config), config)
+    except Exception as exc:  # any failure to build the model: convert what the files hold
+        warnings.warn(f"litcore: '{src}': tensors written in name order under the checkpoint's names, not the "
+                      f"model's: transformers could not build the model its config.json describes "
+                      f"({type(exc).__name__}: {exc})", stacklevel=4)
         return None
 
 
 def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None,
                        progress: bool = True) -> str:
-    """Converts a transformers model directory to the .lit file `dst`, in the model's own
-    order, with its config; returns `dst`. (`from_pretrained` does this into its cache.)"""
+    """Converts a transformers model directory to the .lit file `dst` for the model its
+    config.json describes (in its order, under its names), with its config; returns `dst`.
+    (`from_pretrained` does this into its cache.)"""
     from transformers import AutoConfig
 
     src = os.fspath(model_dir)
     config = AutoConfig.from_pretrained(src)
-    return convert(src, dst, dtype=dtype, progress=progress, order=model_order(model_class_for(config), config),
-                   metadata={ORDER_METADATA_KEY: "model"})
+    return convert(src, dst, dtype=dtype, progress=progress, model=_skeleton(model_class_for(config), config))
 
 
 def _build(model_class: Type, config: Any):
@@ -255,9 +264,15 @@ def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto
     forward may refine it (it learns the execution order)."""
     src = os.fspath(model_dir_or_lit)
     config, model_class = _config_and_class(src, config, model_class)
-    sizes = source_sizes(src, dtype)
     with empty_init():
         skeleton = _build(model_class, config)
+    if os.path.isdir(src):  # the names and sizes a conversion for this model stores
+        from litcore.hf_checkpoint import to_model_layout
+
+        plans = to_model_layout(source_plans(src, dtype), skeleton, dtypes.resolve(dtype))
+        sizes = {p.name: (p.name, p.nbytes) for p in plans}
+    else:
+        sizes = source_sizes(src, dtype)
     specs, tensors = _skeleton_units(skeleton, sizes)
     from litcore._native import _C
 

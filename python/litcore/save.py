@@ -20,17 +20,21 @@ ORIGINAL_DTYPES_KEY = "litcore.original_dtypes"
 
 class TensorPlan:
     """One entry of a file being written: its name, final dtype and shape, and either a
-    way to produce its data or the index of the entry it aliases."""
+    way to produce its data or the index of the entry it aliases. `read`, where the source
+    can give it, returns the source tensor as stored (before any dtype conversion), for a
+    conversion that computes a tensor from several (litcore.hf_checkpoint)."""
 
-    __slots__ = ("name", "dtype", "shape", "alias_of", "produce")
+    __slots__ = ("name", "dtype", "shape", "alias_of", "produce", "read")
 
     def __init__(self, name: str, dtype: torch.dtype, shape: Sequence[int], *,
-                 alias_of: int = -1, produce: Optional[Callable[["_C.Writer", int], None]] = None) -> None:
+                 alias_of: int = -1, produce: Optional[Callable[["_C.Writer", int], None]] = None,
+                 read: Optional[Callable[[], torch.Tensor]] = None) -> None:
         self.name = name
         self.dtype = dtype
         self.shape = tuple(int(d) for d in shape)
         self.alias_of = alias_of
         self.produce = produce
+        self.read = read
 
     @property
     def nbytes(self) -> int:

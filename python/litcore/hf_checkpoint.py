@@ -1,0 +1,145 @@
+"""A transformers checkpoint's tensors under the names, and in the layout, its model has.
+
+transformers (5 and later) transforms a checkpoint as it loads it: it renames tensors (a
+GPT-NeoX checkpoint's `embed_out` is the model's `lm_head`), adds or strips the base model's
+prefix, and fuses some (a mixture-of-experts layer stores one `w1`/`w3` per expert, the model
+one `experts.gate_up_proj` for all of them), and it saves the checkpoint's layout back.
+litcore binds a file's tensors to the model by name, so a conversion for a transformers model
+applies the same transforms, from transformers' own tables, once: the .lit file then holds
+exactly what the model holds, and nothing is transformed while the model runs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from litcore import dtypes
+from litcore.save import TensorPlan
+
+__all__ = ["to_model_layout"]
+
+
+def _transforms(model) -> Optional[tuple]:
+    """(renamings, converters, helpers) transformers applies when loading into `model`, or
+    None where this transformers has no conversion tables (before 5) or `model` is not one
+    of its models."""
+    try:
+        from transformers import PreTrainedModel
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+    except ImportError:
+        return None
+    if not isinstance(model, PreTrainedModel):
+        return None
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    return renamings, converters, rename_source_key, dot_natural_key
+
+
+class _Group:
+    """The checkpoint tensors one converter turns into one or more of the model's: computed
+    once, when the first of its outputs is written, and handed out one by one."""
+
+    def __init__(self, template, model, first: str) -> None:
+        self.template = template
+        self.model = model
+        self.first = first
+        self.sources: List[Tuple[str, str, TensorPlan]] = []  # (model name, checkpoint name, pattern)
+        self.patterns: List[str] = []
+        self.ready: Dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, plan: TensorPlan, pattern: str) -> None:
+        self.sources.append((name, plan.name, plan))
+        self.patterns.append(pattern)
+
+    def _run(self, read: Callable[[TensorPlan], Callable[[], torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        converter = copy.deepcopy(self.template)
+        for (name, original, plan), pattern in zip(self.sources, self.patterns):
+            converter.add_tensor(name, original, pattern, read(plan))
+        out = converter.convert(self.first, model=self.model, config=self.model.config)
+        return {k: (v[0] if isinstance(v, list) else v) for k, v in out.items()}
+
+    def shapes(self) -> Dict[str, torch.Tensor]:
+        """The outputs on the meta device: their names, dtypes and shapes, nothing read."""
+        return self._run(lambda p: (lambda p=p: torch.empty(p.shape, dtype=p.dtype, device="meta")))
+
+    def take(self, name: str, plan: TensorPlan) -> torch.Tensor:
+        if not self.ready:
+            for _, original, source in self.sources:
+                if source.read is None:
+                    raise ValueError(f"litcore: checkpoint tensor '{original}' cannot be read to compute '{name}'")
+            self.ready = self._run(lambda p: p.read)
+        t = self.ready.pop(name)
+        t = t.to(plan.dtype) if t.dtype != plan.dtype else t
+        if tuple(t.shape) != plan.shape:
+            raise ValueError(f"litcore: computing '{name}' from {[s[1] for s in self.sources]} gave shape "
+                             f"{list(t.shape)}, not the {list(plan.shape)} planned")
+        return t.contiguous()
+
+
+def to_model_layout(plans: List[TensorPlan], model, dtype: Optional[torch.dtype],
+                    original: Optional[Dict[str, str]] = None) -> List[TensorPlan]:
+    """`plans` (a checkpoint's tensors) renamed and fused as transformers does when it loads
+    them into `model` (built empty). A tensor the model has no place for keeps its name (the
+    binding then names it); without transformers' tables the plans come back as they are.
+    Fused tensors are computed when written, in `dtype` (litcore.dtypes.converted), one
+    converter's sources in memory at a time. `original` (name -> the dtype a tensor had
+    before conversion) follows the renames, in place."""
+    found = _transforms(model)
+    if found is None:
+        return plans
+    renamings, converters, rename_source_key, dot_natural_key = found
+    by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
+    wanted = model.state_dict(keep_vars=True)
+    prefix = getattr(model, "base_model_prefix", None) or None
+    renamed: Dict[int, str] = {}  # plan index -> the model's name
+    groups: Dict[str, _Group] = {}  # first model name -> its group
+    consumed = set()
+    # transformers collects a converter's sources in this order (experts 0, 1, ..., 10).
+    for i in sorted(range(len(plans)), key=lambda i: dot_natural_key(plans[i].name)):
+        name = plans[i].name
+        new, pattern = rename_source_key(name, renamings, converters, prefix, wanted)
+        if new not in wanted and name in wanted:  # only the prefix may change
+            new, pattern = rename_source_key(name, [], [], prefix, wanted)
+        if new not in wanted:
+            continue
+        if pattern is None:
+            renamed[i] = new
+        else:
+            groups.setdefault(new, _Group(by_pattern[pattern], model, new)).add(new, plans[i], pattern)
+            consumed.add(i)
+    if not renamed and not groups:
+        return plans
+
+    original = original if original is not None else {}
+    out: List[TensorPlan] = []
+    new_index: Dict[int, int] = {}
+    for i, plan in enumerate(plans):
+        if i in consumed:
+            continue
+        if i in renamed:
+            if plan.name in original:
+                original[renamed[i]] = original.pop(plan.name)
+            plan.name = renamed[i]
+        new_index[i] = len(out)
+        out.append(plan)
+    for plan in out:
+        if plan.alias_of < 0:
+            continue
+        if plan.alias_of not in new_index:
+            raise ValueError(f"litcore: checkpoint tensor '{plan.name}' is tied to '{plans[plan.alias_of].name}', "
+                             "which transformers fuses into another tensor: such a checkpoint cannot be converted")
+        plan.alias_of = new_index[plan.alias_of]
+    for group in groups.values():
+        was = [original.pop(source[1]) for source in group.sources if source[1] in original]
+        for name, t in group.shapes().items():
+            target = TensorPlan(name, dtypes.converted(t.dtype, dtype), t.shape)
+            target.produce = lambda w, i, group=group, name=name, target=target: w.write(i, group.take(name, target))
+            out.append(target)
+            if was:
+                original[name] = was[0]
+    return out
+

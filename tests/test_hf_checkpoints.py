@@ -1,0 +1,70 @@
+"""Checkpoints that transformers transforms as it loads them: GPT-NeoX's `embed_out` is the
+model's `lm_head`; Mixtral's and Qwen2-MoE's per-expert `experts.N.w1/w2/w3` (gate/up/down)
+tensors are the model's fused `experts.gate_up_proj` and `experts.down_proj`. A model
+directory saved by transformers holds the checkpoint layout; litcore converts it into the
+model's, and runs it bit-identical to the model transformers itself loads from it."""
+import pytest
+import torch
+
+import litcore
+from models import seeded
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=256, max_position_embeddings=128)
+CASES = [
+    ("gpt_neox", lambda: transformers.GPTNeoXConfig(**SMALL), transformers.GPTNeoXForCausalLM),
+    ("mixtral", lambda: transformers.MixtralConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2),
+     transformers.MixtralForCausalLM),
+    ("qwen2_moe", lambda: transformers.Qwen2MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                      shared_expert_intermediate_size=64), transformers.Qwen2MoeForCausalLM),
+]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def saved(request, tmp_path_factory):
+    name, config, cls = request.param
+    directory = tmp_path_factory.mktemp(name) / "hf"
+    seeded(cls, config()).save_pretrained(directory)
+    reference = cls.from_pretrained(directory).eval()  # transformers' own conversion, in memory
+    return name, cls, directory, reference
+
+
+def _checkpoint_names(directory):
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
+def test_the_file_holds_the_models_tensors(saved, tmp_path):
+    name, cls, directory, reference = saved
+    wanted = reference.state_dict()
+    assert not set(wanted) <= _checkpoint_names(directory), "the checkpoint is already in the model's layout"
+    litcore.convert(directory, tmp_path / "m.lit", progress=False)
+    with litcore.Store(tmp_path / "m.lit") as store:
+        assert set(store.keys()) == set(wanted)
+        for key, tensor in wanted.items():
+            assert torch.equal(store[key], tensor), key
+        assert store.metadata["litcore.tensor_order"] == "model"
+
+
+def test_streams_bit_identical_to_transformers(saved, tmp_path):
+    name, cls, directory, reference = saved
+    with litcore.Store(litcore.convert(directory, tmp_path / "m.lit", progress=False)) as store:
+        budget = store.nbytes // 2
+    lit = litcore.from_pretrained(directory, memory_budget=budget, cache_dir=tmp_path / "cache")
+    if name != "gpt_neox":  # the experts are most of an MoE model: they stream like any leaf
+        assert "model.layers.1.mlp.experts" in lit.plan.streamed_modules
+    ids = torch.randint(2, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(ids).logits
+        want_tokens = reference.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(lit(ids).logits, want)
+    assert torch.equal(lit(ids).logits, want)  # after the first forward's plan
+    assert torch.equal(lit.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0), want_tokens)
+    assert lit.stats()["last"]["bytes_read"] > 0
+    # The dry run plans the same units, with the same bytes, from the headers alone.
+    dry = litcore.plan_pretrained(directory, memory_budget=budget)
+    assert sorted((n, b) for n, _, b in dry.placements()) == sorted((n, b) for n, _, b in lit.plan.placements())

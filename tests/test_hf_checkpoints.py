@@ -1,6 +1,7 @@
 """Checkpoints that transformers transforms as it loads them: GPT-NeoX's `embed_out` is the
 model's `lm_head`; Mixtral's and Qwen2-MoE's per-expert `experts.N.w1/w2/w3` (gate/up/down)
-tensors are the model's fused `experts.gate_up_proj` and `experts.down_proj`. A model
+tensors are the model's fused `experts.gate_up_proj` and `experts.down_proj`; Llava's
+`language_model.model.*` is the model's `model.language_model.*`. A model
 directory saved by transformers holds the checkpoint layout; litcore converts it into the
 model's, and runs it bit-identical to the model transformers itself loads from it."""
 import pytest
@@ -68,3 +69,25 @@ def test_streams_bit_identical_to_transformers(saved, tmp_path):
     # The dry run plans the same units, with the same bytes, from the headers alone.
     dry = litcore.plan_pretrained(directory, memory_budget=budget)
     assert sorted((n, b) for n, _, b in dry.placements()) == sorted((n, b) for n, _, b in lit.plan.placements())
+
+
+def test_a_vision_language_checkpoint_with_the_old_prefixes(tmp_path):
+    """Llava checkpoints store `language_model.model.*`; the model holds `model.language_model.*`."""
+    text = transformers.LlamaConfig(**{**SMALL, "num_hidden_layers": 2, "vocab_size": 300})
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           image_size=32, patch_size=8)
+    config = transformers.LlavaConfig(text_config=text, vision_config=vision, image_token_index=299,
+                                      vision_feature_layer=-1, vision_feature_select_strategy="full")
+    cls = transformers.LlavaForConditionalGeneration
+    seeded(cls, config).save_pretrained(tmp_path / "hf")
+    assert any(k.startswith("language_model.model.") for k in _checkpoint_names(tmp_path / "hf"))
+    reference = cls.from_pretrained(tmp_path / "hf").eval()
+    lit = litcore.from_pretrained(tmp_path / "hf", memory_budget=300_000, cache_dir=tmp_path / "cache")
+    assert lit.plan.streams
+    ids = torch.randint(3, 290, (1, 10), generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([ids[:, :2], torch.full((1, 17), 299), ids[:, 2:]], 1)  # 16 patches + the class token
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference(input_ids=ids, pixel_values=pixels).logits
+    assert torch.equal(lit(input_ids=ids, pixel_values=pixels).logits, want)
+    assert torch.equal(lit(input_ids=ids, pixel_values=pixels).logits, want)

@@ -157,7 +157,8 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
     """A ready LitModule for a transformers model directory (config.json + safetensors or
     pytorch_model.bin) or a .lit file converted from one.
 
-    A directory is converted once, in the model's own parameter order, into `cache_dir`
+    A directory is converted once, in the model's own parameter order and layout (its
+    checkpoint renamed and fused as transformers loads it: litcore.hf_checkpoint), into `cache_dir`
     (default: `default_cache_dir()`, ~/.cache/litcore) and reused while it matches its
     source (weight files' names, sizes and mtimes). A cache that changed since it was
     written is checksummed before reuse (always with `verify="full"`; never with

@@ -6,7 +6,10 @@ prefix, and fuses some (a mixture-of-experts layer stores one `w1`/`w3` per expe
 one `experts.gate_up_proj` for all of them), and it saves the checkpoint's layout back.
 litcore binds a file's tensors to the model by name, so a conversion for a transformers model
 applies the same transforms, from transformers' own tables, once: the .lit file then holds
-exactly what the model holds, and nothing is transformed while the model runs.
+exactly what the model holds, and nothing is transformed while the model runs. A fused
+tensor is built in memory from its sources when it is written, as transformers builds it
+when it loads: one converter's sources and result at a time (a Mixtral 8x7B layer's
+`gate_up_proj` is 1.9 GB in bf16).
 """
 from __future__ import annotations
 

@@ -87,6 +87,37 @@ def test_scripted_mlp(tmp):
     _roundtrip(tmp, torch.jit.script(MLP().eval()), linspace_input((3, 64)))
 
 
+class Experts(nn.Module):
+    """A mixture-of-experts block's experts: one fused weight, an activation as its only child."""
+
+    def __init__(self, dim=64, experts=4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(experts, dim, dim) / dim ** 0.5)
+        self.act = nn.GELU()
+
+    def forward(self, x, expert: int):
+        return self.act(x @ self.weight[expert])
+
+
+class MoE(nn.Module):
+    def __init__(self, dim=64, layers=4):
+        super().__init__()
+        self.layers = nn.ModuleList(Experts(dim) for _ in range(layers))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = x + layer(x, i % 4)
+        return x
+
+
+def test_scripted_experts_stream(tmp):
+    torch.manual_seed(0)
+    _roundtrip(tmp, torch.jit.script(MoE().eval()), linspace_input((3, 64)))
+    loaded = litcore.jit.load(tmp / "m.pt", tmp / "m.lit", memory_budget=os.path.getsize(tmp / "m.lit") // 3)
+    loaded(linspace_input((3, 64)))
+    assert "streamed" in {where for _, where, _ in loaded._litcore_engine.placements()}
+
+
 def test_scripted_transformer_block(tmp):
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128, batch_first=True, dropout=0.0).eval()

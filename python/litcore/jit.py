@@ -107,11 +107,14 @@ def save(module: torch.jit.ScriptModule, model_path: PathLike, weights_path: Pat
     for entries in owned.values():
         for _, _, tensor in entries:
             key_users[id(tensor)] = key_users.get(id(tensor), 0) + 1
+    # A module is a leaf for streaming when no module under it holds stored tensors (as in
+    # binding.unit_spec): its weights are used while it runs.
+    holders_above = {path.rsplit(".", i)[0] for path in owned for i in range(1, path.count(".") + 1)}
     wrapped_types = set()
     for path, entries in owned.items():
         sub = modules[path]
         names = [key for _, key, _ in entries]
-        is_leaf = next(iter(sub.children()), None) is None and path != ""
+        is_leaf = path != "" and path not in holders_above
         only_params = all(attr in dict(sub.named_parameters(recurse=False)) for attr, _, _ in entries)
         shared = any(key_users[id(t)] > 1 for _, _, t in entries)
         unit = len(units)

@@ -30,8 +30,9 @@ namespace litcore {
 struct UnitSpec {
   std::string name;                  // the module's name ("layers.0.mlp"); "<root>" for the root
   std::vector<std::string> tensors;  // names in the file (aliases allowed)
-  // The caller can stream it: a leaf module whose tensors are all parameters (the engine
-  // also keeps units resident whose tensors another unit shares).
+  // The caller can stream it: a leaf module (no module under it holds stored tensors) whose
+  // tensors are all parameters (the engine also keeps units resident whose tensors another
+  // unit shares).
   bool streamable = false;
   bool lookup = false;  // read by row lookup (an embedding): see Unit::on_demand
 };

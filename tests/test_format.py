@@ -112,6 +112,31 @@ def test_checksums_are_xxh64_of_the_data(tmp):
     assert raw.index_checksum == xxhash.xxh64_intdigest(blob[4096:4096 + raw.index_size])
 
 
+def test_a_tensor_appended_in_pieces_is_the_tensor_written_whole(tmp):
+    """The writer's append (a fused tensor written source by source): same bytes, same
+    checksum; a piece past the end is refused; a part-written tensor is never committed."""
+    t = torch.arange(3000, dtype=torch.float32).reshape(3, 1000)
+    litcore.save({"t": t}, tmp / "whole.lit")
+    w = litcore._C.Writer(str(tmp / "pieces.lit"), [("t", "float32", [3, 1000], -1)], {})
+    for row in t:  # the hash's state carried across pieces of 4000 bytes
+        w.append(0, row.contiguous())
+    w.commit()
+    with litcore.Store(tmp / "whole.lit") as whole, litcore.Store(tmp / "pieces.lit") as pieces:
+        assert torch.equal(pieces["t"], t) and pieces.info("t").checksum == whole.info("t").checksum
+        assert pieces.verify() == []
+
+    w = litcore._C.Writer(str(tmp / "part.lit"), [("t", "float32", [3, 1000], -1)], {})
+    w.append(0, t[0].contiguous())
+    with pytest.raises(ValueError, match="'t': appending 12000 bytes after 4000 passes its 12000"):
+        w.append(0, torch.zeros(3000))
+    with pytest.raises(ValueError, match="'t' is being appended"):
+        w.write(0, t.contiguous())
+    with pytest.raises(Exception, match="'t' was only partly written .*4000 of 12000 bytes"):
+        w.commit()
+    w.abort()
+    assert sorted(os.listdir(tmp)) == ["pieces.lit", "whole.lit"]
+
+
 @pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 64, 1000, 4097])
 def test_native_xxh64_matches_reference(size):
     data = bytes((i * 131 + 7) % 256 for i in range(size))

@@ -161,6 +161,7 @@ void Writer::check_writable(size_t i, uint64_t nbytes) {
   const TensorInfo& t = index_.tensors[i];
   if (t.alias_of >= 0) throw std::invalid_argument("litcore: tensor '" + t.name + "' is an alias and takes no data");
   if (written_[i]) throw std::invalid_argument("litcore: tensor '" + t.name + "' was already written");
+  if (appending_.count(i)) throw std::invalid_argument("litcore: tensor '" + t.name + "' is being appended");
   if (nbytes != t.nbytes) {
     throw std::invalid_argument("litcore: tensor '" + t.name + "': got " + std::to_string(nbytes) +
                                 " bytes, expected " + std::to_string(t.nbytes));
@@ -190,6 +191,27 @@ void Writer::write(size_t i, const void* data, uint64_t nbytes) {
   t.checksum = xxh64(data, nbytes);
   pwrite_all(data, nbytes, t.offset);
   written_[i] = true;
+}
+
+void Writer::append(size_t i, const void* data, uint64_t nbytes) {
+  if (fd_ < 0) throw Error("litcore: writer for '" + path_ + "' is closed");
+  if (i >= index_.tensors.size()) throw std::out_of_range("litcore: tensor #" + std::to_string(i) + " out of range");
+  TensorInfo& t = index_.tensors[i];
+  if (t.alias_of >= 0) throw std::invalid_argument("litcore: tensor '" + t.name + "' is an alias and takes no data");
+  if (written_[i]) throw std::invalid_argument("litcore: tensor '" + t.name + "' was already written");
+  Appending& a = appending_[i];
+  if (nbytes > t.nbytes - a.done) {
+    throw std::invalid_argument("litcore: tensor '" + t.name + "': appending " + std::to_string(nbytes) + " bytes after " +
+                                std::to_string(a.done) + " passes its " + std::to_string(t.nbytes));
+  }
+  a.hash.update(data, static_cast<size_t>(nbytes));
+  pwrite_all(data, nbytes, t.offset + a.done);
+  a.done += nbytes;
+  if (a.done == t.nbytes) {
+    t.checksum = a.hash.digest();
+    written_[i] = true;
+    appending_.erase(i);
+  }
 }
 
 void Writer::copy_from_fd(size_t i, int src_fd, uint64_t src_offset, uint64_t nbytes,
@@ -226,6 +248,11 @@ void Writer::commit() {
     if (t.alias_of >= 0) {
       t.checksum = index_.tensors[t.alias_of].checksum;
     } else if (!written_[i]) {
+      auto part = appending_.find(i);
+      if (part != appending_.end()) {
+        throw std::logic_error("litcore: tensor '" + t.name + "' was only partly written to '" + path_ + "' (" +
+                               std::to_string(part->second.done) + " of " + std::to_string(t.nbytes) + " bytes)");
+      }
       if (t.nbytes != 0) throw std::logic_error("litcore: tensor '" + t.name + "' was never written to '" + path_ + "'");
       t.checksum = xxh64(nullptr, 0);
     }

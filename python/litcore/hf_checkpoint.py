@@ -6,10 +6,12 @@ prefix, and fuses some (a mixture-of-experts layer stores one `w1`/`w3` per expe
 one `experts.gate_up_proj` for all of them), and it saves the checkpoint's layout back.
 litcore binds a file's tensors to the model by name, so a conversion for a transformers model
 applies the same transforms, from transformers' own tables, once: the .lit file then holds
-exactly what the model holds, and nothing is transformed while the model runs. A fused
-tensor is built in memory from its sources when it is written, as transformers builds it
-when it loads: one converter's sources and result at a time (a Mixtral 8x7B layer's
-`gate_up_proj` is 1.9 GB in bf16).
+exactly what the model holds, and nothing is transformed while the model runs. Experts
+stacked into one tensor (and gate and up concatenated) are written expert by expert, one
+source tensor in memory at a time: a Mixtral 8x7B layer's `gate_up_proj` is 1.9 GB in bf16,
+a DeepSeek-V3 layer's 15 GB. Other fused or split tensors are computed in memory when they are
+written, as transformers computes them when it loads: one converter's sources and results at
+a time.
 """
 from __future__ import annotations
 
@@ -68,6 +70,44 @@ class _Group:
     def shapes(self) -> Dict[str, torch.Tensor]:
         """The outputs on the meta device: their names, dtypes and shapes, nothing read."""
         return self._run(lambda p: (lambda p=p: torch.empty(p.shape, dtype=p.dtype, device="meta")))
+
+    def stacks(self) -> bool:
+        """True when the converter stacks each pattern's tensors along a new first dimension
+        and, with several patterns, concatenates the stacks along the next one (an MoE
+        layer's experts): its one output is then each expert's sources one after another,
+        and is written piece by piece (`write_pieces`), never whole in memory."""
+        from transformers.core_model_loading import Concatenate, MergeModulelist
+
+        ops = self.template.operations
+        if not ops or not isinstance(ops[0], MergeModulelist) or ops[0].dim != 0:
+            return False
+        if len(ops) == 1:
+            return len(set(self.patterns)) == 1
+        return len(ops) == 2 and isinstance(ops[1], Concatenate) and ops[1].dim == 1
+
+    def write_pieces(self, writer, i: int, plan: TensorPlan) -> None:
+        """Appends the output's bytes expert by expert: for each expert, each pattern's source
+        in the converter's pattern order (what Concatenate keeps), in `plan`'s dtype."""
+        by_pattern: Dict[str, List[TensorPlan]] = {}
+        for (_, _, source), pattern in zip(self.sources, self.patterns):
+            by_pattern.setdefault(pattern, []).append(source)
+        patterns = [p for p in self.template.source_patterns if p in by_pattern]
+        experts = {len(v) for v in by_pattern.values()}
+        if len(experts) != 1:
+            raise ValueError(f"litcore: '{plan.name}': its sources {[s[1] for s in self.sources]} differ in number "
+                             "per pattern")
+        written = 0
+        for e in range(experts.pop()):
+            for pattern in patterns:
+                source = by_pattern[pattern][e]
+                if source.read is None:
+                    raise ValueError(f"litcore: checkpoint tensor '{source.name}' cannot be read to compute '{plan.name}'")
+                piece = source.read()
+                piece = (piece.to(plan.dtype) if piece.dtype != plan.dtype else piece).contiguous()
+                writer.append(i, piece)
+                written += piece.nbytes
+        if written != plan.nbytes:  # the writer refuses to commit a part-written tensor
+            raise ValueError(f"litcore: '{plan.name}': its sources hold {written} bytes, not the {plan.nbytes} planned")
 
     def take(self, name: str, plan: TensorPlan) -> torch.Tensor:
         if not self.ready:
@@ -138,9 +178,13 @@ def to_model_layout(plans: List[TensorPlan], model, dtype: Optional[torch.dtype]
         plan.alias_of = new_index[plan.alias_of]
     for group in groups.values():
         was = [original.pop(source[1]) for source in group.sources if source[1] in original]
-        for name, t in group.shapes().items():
+        outputs = group.shapes()
+        for name, t in outputs.items():
             target = TensorPlan(name, dtypes.converted(t.dtype, dtype), t.shape)
-            target.produce = lambda w, i, group=group, name=name, target=target: w.write(i, group.take(name, target))
+            if len(outputs) == 1 and group.stacks():
+                target.produce = lambda w, i, group=group, target=target: group.write_pieces(w, i, target)
+            else:
+                target.produce = lambda w, i, group=group, name=name, target=target: w.write(i, group.take(name, target))
             out.append(target)
             if was:
                 original[name] = was[0]

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "litcore/checksum.h"
 #include "litcore/format.h"
 
 namespace litcore {
@@ -28,6 +29,10 @@ class Writer {
   // large reads; the source's page cache is dropped behind).
   void copy_from_fd(size_t i, int src_fd, uint64_t src_offset, uint64_t nbytes,
                     const std::string& src_path);
+  // Writes the next `nbytes` of spec `i`'s data, after what earlier calls appended: a tensor
+  // computed piece by piece (a fused tensor from its sources) is never whole in memory. The
+  // spec is written once all its bytes are; commit() refuses a spec left part-written.
+  void append(size_t i, const void* data, uint64_t nbytes);
   // Writes index and header, fsyncs, renames over the destination, fsyncs the directory.
   void commit();
   void abort();
@@ -47,6 +52,11 @@ class Writer {
   int fd_ = -1;
   FileIndex index_;
   std::vector<bool> written_;
+  struct Appending {
+    uint64_t done = 0;
+    Xxh64 hash;
+  };
+  std::map<size_t, Appending> appending_;  // specs being appended, by index
   bool committed_ = false;
 };
 

@@ -52,8 +52,8 @@ class _Group:
         self.template = template
         self.model = model
         self.first = first
-        self.sources: List[Tuple[str, str, TensorPlan]] = []  # (model name, checkpoint name, pattern)
-        self.patterns: List[str] = []
+        self.sources: List[Tuple[str, str, TensorPlan]] = []  # (model name, checkpoint name, its plan)
+        self.patterns: List[str] = []  # each source's pattern in the converter
         self.ready: Dict[str, torch.Tensor] = {}
 
     def add(self, name: str, plan: TensorPlan, pattern: str) -> None:
@@ -128,9 +128,9 @@ def to_model_layout(plans: List[TensorPlan], model, dtype: Optional[torch.dtype]
     """`plans` (a checkpoint's tensors) renamed and fused as transformers does when it loads
     them into `model` (built empty). A tensor the model has no place for keeps its name (the
     binding then names it); without transformers' tables the plans come back as they are.
-    Fused tensors are computed when written, in `dtype` (litcore.dtypes.converted), one
-    converter's sources in memory at a time. `original` (name -> the dtype a tensor had
-    before conversion) follows the renames, in place."""
+    Fused tensors are computed when written, in `dtype` (litcore.dtypes.converted): stacked
+    experts one source at a time, others one converter's sources at a time. `original`
+    (name -> the dtype a tensor had before conversion) follows the renames, in place."""
     found = _transforms(model)
     if found is None:
         return plans

@@ -108,19 +108,17 @@ def test_experts_convert_one_expert_at_a_time(tmp_path):
 
     config = dict(SMALL, hidden_size=1024, intermediate_size=2048, num_hidden_layers=1, num_attention_heads=8,
                   num_local_experts=8, num_experts_per_tok=2)
-    run_python(f"""
-        import torch, transformers
-        from transformers import MixtralConfig, MixtralForCausalLM
-        torch.manual_seed(0)
-        MixtralForCausalLM(MixtralConfig(**{config!r})).save_pretrained({str(tmp_path / 'hf')!r})
-        """)
     out = run_python(f"""
-        import litcore, litcore.hf_checkpoint, transformers.models.mixtral.modeling_mixtral
+        import gc, torch, litcore, litcore.hf_checkpoint
         import transformers.conversion_mapping, transformers.core_model_loading  # imports are not the conversion
+        from transformers import MixtralConfig, MixtralForCausalLM
         def status(key):
             for line in open("/proc/self/status"):
                 if line.startswith(key):
                     return int(line.split()[1]) * 1024
+        torch.manual_seed(0)
+        MixtralForCausalLM(MixtralConfig(**{config!r})).save_pretrained({str(tmp_path / 'hf')!r})
+        gc.collect()
         before = status("VmRSS")
         open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM to the current RSS
         litcore.convert({str(tmp_path / 'hf')!r}, {str(tmp_path / 'm.lit')!r}, progress=False)

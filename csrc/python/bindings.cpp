@@ -109,17 +109,23 @@ py::dict prefetch_stats_dict(const PrefetchStats& s) {
   return d;
 }
 
-
-// A tensor handed to Writer.write/append: CPU, contiguous, of the dtype spec `i` plans.
-void check_planned(const Writer& w, size_t i, const at::Tensor& t, const char* method) {
-  if (!t.device().is_cpu() || !t.is_contiguous()) {
-    throw std::invalid_argument(std::string("litcore: Writer.") + method + " needs a contiguous CPU tensor");
-  }
-  const TensorInfo& info = w.index().tensors.at(i);
-  if (from_scalar_type(t.scalar_type()) != info.dtype) {
-    throw std::invalid_argument("litcore: tensor '" + info.name + "' has dtype " + c10::toString(t.scalar_type()) +
-                                ", the plan says " + dtype_name(info.dtype));
-  }
+// Writer.write / Writer.append from Python: a CPU, contiguous tensor of the dtype spec `i`
+// plans, handed to `method` without the GIL.
+auto tensor_data(void (Writer::*method)(size_t, const void*, uint64_t), const char* name) {
+  return [method, name](Writer& w, size_t i, const at::Tensor& t) {
+    if (!t.device().is_cpu() || !t.is_contiguous()) {
+      throw std::invalid_argument(std::string("litcore: Writer.") + name + " needs a contiguous CPU tensor");
+    }
+    const TensorInfo& info = w.index().tensors.at(i);
+    if (from_scalar_type(t.scalar_type()) != info.dtype) {
+      throw std::invalid_argument("litcore: tensor '" + info.name + "' has dtype " + c10::toString(t.scalar_type()) +
+                                  ", the plan says " + dtype_name(info.dtype));
+    }
+    const void* data = t.data_ptr();
+    uint64_t nbytes = t.nbytes();
+    py::gil_scoped_release nogil;
+    (w.*method)(i, data, nbytes);
+  };
 }
 
 }  // namespace
@@ -197,20 +203,8 @@ PYBIND11_MODULE(_C, m) {
              return std::make_unique<Writer>(path, out, metadata);
            }),
            py::arg("path"), py::arg("specs"), py::arg("metadata"))
-      .def("write", [](Writer& w, size_t i, const at::Tensor& t) {
-        check_planned(w, i, t, "write");
-        const void* data = t.data_ptr();
-        uint64_t nbytes = t.nbytes();
-        py::gil_scoped_release nogil;
-        w.write(i, data, nbytes);
-      })
-      .def("append", [](Writer& w, size_t i, const at::Tensor& t) {
-        check_planned(w, i, t, "append");
-        const void* data = t.data_ptr();
-        uint64_t nbytes = t.nbytes();
-        py::gil_scoped_release nogil;
-        w.append(i, data, nbytes);
-      })
+      .def("write", tensor_data(&Writer::write, "write"))
+      .def("append", tensor_data(&Writer::append, "append"))
       .def("copy_from_fd", &Writer::copy_from_fd, py::call_guard<py::gil_scoped_release>())
       .def("commit", &Writer::commit, py::call_guard<py::gil_scoped_release>())
       .def("abort", &Writer::abort)

@@ -155,12 +155,17 @@ void Writer::abort() {
   if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
 }
 
-void Writer::check_writable(size_t i, uint64_t nbytes) {
+TensorInfo& Writer::unwritten(size_t i) {
   if (fd_ < 0) throw Error("litcore: writer for '" + path_ + "' is closed");
   if (i >= index_.tensors.size()) throw std::out_of_range("litcore: tensor #" + std::to_string(i) + " out of range");
-  const TensorInfo& t = index_.tensors[i];
+  TensorInfo& t = index_.tensors[i];
   if (t.alias_of >= 0) throw std::invalid_argument("litcore: tensor '" + t.name + "' is an alias and takes no data");
   if (written_[i]) throw std::invalid_argument("litcore: tensor '" + t.name + "' was already written");
+  return t;
+}
+
+void Writer::check_writable(size_t i, uint64_t nbytes) {
+  const TensorInfo& t = unwritten(i);
   if (appending_.count(i)) throw std::invalid_argument("litcore: tensor '" + t.name + "' is being appended");
   if (nbytes != t.nbytes) {
     throw std::invalid_argument("litcore: tensor '" + t.name + "': got " + std::to_string(nbytes) +
@@ -194,11 +199,7 @@ void Writer::write(size_t i, const void* data, uint64_t nbytes) {
 }
 
 void Writer::append(size_t i, const void* data, uint64_t nbytes) {
-  if (fd_ < 0) throw Error("litcore: writer for '" + path_ + "' is closed");
-  if (i >= index_.tensors.size()) throw std::out_of_range("litcore: tensor #" + std::to_string(i) + " out of range");
-  TensorInfo& t = index_.tensors[i];
-  if (t.alias_of >= 0) throw std::invalid_argument("litcore: tensor '" + t.name + "' is an alias and takes no data");
-  if (written_[i]) throw std::invalid_argument("litcore: tensor '" + t.name + "' was already written");
+  TensorInfo& t = unwritten(i);
   Appending& a = appending_[i];
   if (nbytes > t.nbytes - a.done) {
     throw std::invalid_argument("litcore: tensor '" + t.name + "': appending " + std::to_string(nbytes) + " bytes after " +

@@ -193,16 +193,7 @@ def source_sizes(src: PathLike, dtype: Optional[DTypeLike] = None) -> Dict[str, 
                 final = dtypes.converted(size.dtype, target)
                 out[name] = (stored, size.nbytes // size.dtype.itemsize * final.itemsize if size.nbytes else 0)
         return out
-    for path in files:
-        if kind == "safetensors":
-            header = _SafetensorsFile(path)
-            for name, (src_dtype, shape, _, nbytes) in header.entries.items():
-                final = dtypes.converted(src_dtype, target)
-                out[name] = (name, nbytes // src_dtype.itemsize * final.itemsize if nbytes else 0)
-        else:
-            for name, t in open_state_dict(path).items():
-                out[name] = (name, t.numel() * dtypes.converted(t.dtype, target).itemsize)
-    return out
+    return {p.name: (p.name, p.nbytes) for p in source_plans(src, dtype)}
 
 
 def source_plans(src: PathLike, dtype: Optional[DTypeLike] = None) -> List[TensorPlan]:

@@ -45,25 +45,21 @@ def _transforms(model) -> Optional[tuple]:
 
 
 class _Group:
-    """The checkpoint tensors one converter turns into one or more of the model's: computed
+    """The checkpoint tensors one converter turns into one or more of the model's (`first`,
+    the model name the sources were renamed to, and any others it splits into): computed
     once, when the first of its outputs is written, and handed out one by one."""
 
     def __init__(self, template, model, first: str) -> None:
         self.template = template
         self.model = model
         self.first = first
-        self.sources: List[Tuple[str, str, TensorPlan]] = []  # (model name, checkpoint name, its plan)
-        self.patterns: List[str] = []  # each source's pattern in the converter
+        self.sources: List[Tuple[TensorPlan, str]] = []  # (a checkpoint tensor, its pattern in the converter)
         self.ready: Dict[str, torch.Tensor] = {}
-
-    def add(self, name: str, plan: TensorPlan, pattern: str) -> None:
-        self.sources.append((name, plan.name, plan))
-        self.patterns.append(pattern)
 
     def _run(self, read: Callable[[TensorPlan], Callable[[], torch.Tensor]]) -> Dict[str, torch.Tensor]:
         converter = copy.deepcopy(self.template)
-        for (name, original, plan), pattern in zip(self.sources, self.patterns):
-            converter.add_tensor(name, original, pattern, read(plan))
+        for plan, pattern in self.sources:
+            converter.add_tensor(self.first, plan.name, pattern, read(plan))
         out = converter.convert(self.first, model=self.model, config=self.model.config)
         return {k: (v[0] if isinstance(v, list) else v) for k, v in out.items()}
 
@@ -82,26 +78,25 @@ class _Group:
         if not ops or not isinstance(ops[0], MergeModulelist) or ops[0].dim != 0:
             return False
         if len(ops) == 1:
-            return len(set(self.patterns)) == 1
+            return len({pattern for _, pattern in self.sources}) == 1
         return len(ops) == 2 and isinstance(ops[1], Concatenate) and ops[1].dim == 1
 
     def write_pieces(self, writer, i: int, plan: TensorPlan) -> None:
         """Appends the output's bytes expert by expert: for each expert, each pattern's source
         in the converter's pattern order (what Concatenate keeps), in `plan`'s dtype."""
         by_pattern: Dict[str, List[TensorPlan]] = {}
-        for (_, _, source), pattern in zip(self.sources, self.patterns):
+        for source, pattern in self.sources:
             by_pattern.setdefault(pattern, []).append(source)
         patterns = [p for p in self.template.source_patterns if p in by_pattern]
         experts = {len(v) for v in by_pattern.values()}
         if len(experts) != 1:
-            raise ValueError(f"litcore: '{plan.name}': its sources {[s[1] for s in self.sources]} differ in number "
+            raise ValueError(f"litcore: '{plan.name}': its sources {[s.name for s, _ in self.sources]} differ in number "
                              "per pattern")
         written = 0
         for e in range(experts.pop()):
             for pattern in patterns:
                 source = by_pattern[pattern][e]
-                if source.read is None:
-                    raise ValueError(f"litcore: checkpoint tensor '{source.name}' cannot be read to compute '{plan.name}'")
+                self._check_readable(source, plan.name)
                 piece = source.read()
                 piece = (piece.to(plan.dtype) if piece.dtype != plan.dtype else piece).contiguous()
                 writer.append(i, piece)
@@ -109,16 +104,20 @@ class _Group:
         if written != plan.nbytes:  # the writer refuses to commit a part-written tensor
             raise ValueError(f"litcore: '{plan.name}': its sources hold {written} bytes, not the {plan.nbytes} planned")
 
+    @staticmethod
+    def _check_readable(source: TensorPlan, name: str) -> None:
+        if source.read is None:
+            raise ValueError(f"litcore: checkpoint tensor '{source.name}' cannot be read to compute '{name}'")
+
     def take(self, name: str, plan: TensorPlan) -> torch.Tensor:
         if not self.ready:
-            for _, original, source in self.sources:
-                if source.read is None:
-                    raise ValueError(f"litcore: checkpoint tensor '{original}' cannot be read to compute '{name}'")
+            for source, _ in self.sources:
+                self._check_readable(source, name)
             self.ready = self._run(lambda p: p.read)
         t = self.ready.pop(name)
         t = t.to(plan.dtype) if t.dtype != plan.dtype else t
         if tuple(t.shape) != plan.shape:
-            raise ValueError(f"litcore: computing '{name}' from {[s[1] for s in self.sources]} gave shape "
+            raise ValueError(f"litcore: computing '{name}' from {[s.name for s, _ in self.sources]} gave shape "
                              f"{list(t.shape)}, not the {list(plan.shape)} planned")
         return t.contiguous()
 
@@ -152,7 +151,7 @@ def to_model_layout(plans: List[TensorPlan], model, dtype: Optional[torch.dtype]
         if pattern is None:
             renamed[i] = new
         else:
-            groups.setdefault(new, _Group(by_pattern[pattern], model, new)).add(new, plans[i], pattern)
+            groups.setdefault(new, _Group(by_pattern[pattern], model, new)).sources.append((plans[i], pattern))
             consumed.add(i)
     if not renamed and not groups:
         return plans
@@ -177,7 +176,7 @@ def to_model_layout(plans: List[TensorPlan], model, dtype: Optional[torch.dtype]
                              "which transformers fuses into another tensor: such a checkpoint cannot be converted")
         plan.alias_of = new_index[plan.alias_of]
     for group in groups.values():
-        was = [original.pop(source[1]) for source in group.sources if source[1] in original]
+        was = [original.pop(source.name) for source, _ in group.sources if source.name in original]
         outputs = group.shapes()
         for name, t in outputs.items():
             target = TensorPlan(name, dtypes.converted(t.dtype, dtype), t.shape)

@@ -44,6 +44,8 @@ class Writer {
   uint64_t file_size() const { return index_.file_size; }
 
  private:
+  // Spec `i`, refused unless the writer is open and it takes data not yet written.
+  TensorInfo& unwritten(size_t i);
   void check_writable(size_t i, uint64_t nbytes);
   void pwrite_all(const void* data, uint64_t nbytes, uint64_t offset);
 

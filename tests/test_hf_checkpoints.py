@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import litcore
+import litcore.hf
 from models import seeded
 
 transformers = pytest.importorskip("transformers")
@@ -27,6 +28,16 @@ CASES = [
 ]
 
 
+def _in_memory(model):
+    """transformers' from_pretrained leaves the weights views of the safetensors file at
+    unaligned offsets, where some kernels round differently (a CLIP model's embeddings moved by
+    an ulp): the reference is the same model with its weights copied into memory."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    return model.eval()
+
+
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def saved(request, tmp_path_factory):
     name, config, cls = request.param
@@ -34,7 +45,7 @@ def saved(request, tmp_path_factory):
         pytest.skip(f"this transformers has no {name}")
     directory = tmp_path_factory.mktemp(name) / "hf"
     seeded(cls, config()).save_pretrained(directory)
-    reference = cls.from_pretrained(directory).eval()  # transformers' own conversion, in memory
+    reference = _in_memory(cls.from_pretrained(directory))  # transformers' own conversion
     return name, cls, directory, reference
 
 
@@ -88,7 +99,7 @@ def test_a_vision_language_checkpoint_with_the_old_prefixes(tmp_path):
     cls = transformers.LlavaForConditionalGeneration
     seeded(cls, config).save_pretrained(tmp_path / "hf")
     assert any(k.startswith("language_model.model.") for k in _checkpoint_names(tmp_path / "hf"))
-    reference = cls.from_pretrained(tmp_path / "hf").eval()
+    reference = _in_memory(cls.from_pretrained(tmp_path / "hf"))
     lit = litcore.from_pretrained(tmp_path / "hf", memory_budget=300_000, cache_dir=tmp_path / "cache")
     assert lit.plan.streams
     ids = torch.randint(3, 290, (1, 10), generator=torch.Generator().manual_seed(0))
@@ -128,3 +139,45 @@ def test_experts_convert_one_expert_at_a_time(tmp_path):
     assert grew < 112 << 20, f"peak RSS grew by {grew >> 20} MiB converting a 128 MiB gate_up_proj"
     with litcore.Store(tmp_path / "m.lit") as store:
         assert store.info("model.layers.0.mlp.experts.gate_up_proj").nbytes == 8 * 2 * 2048 * 1024 * 4
+
+
+def test_a_pre_quantized_checkpoint_is_refused_before_any_conversion(tmp_path):
+    """An FP8 checkpoint (`weight_scale_inv` beside each float8 weight, a quantization_config
+    in config.json) does not fit the plain layers litcore builds: from_pretrained and the dry
+    run say so, naming the directory and the method, before converting anything; a .lit
+    converted from it is refused the same way; `litcore.convert` writes what its files hold."""
+    import json
+
+    from safetensors.torch import save_file
+
+    directory = tmp_path / "fp8"
+    config = transformers.LlamaConfig(**{**SMALL, "num_hidden_layers": 1})
+    model = seeded(transformers.LlamaForCausalLM, config)
+    model.save_pretrained(directory)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("_proj.weight"):
+            tensors[name] = tensor.to(torch.float8_e4m3fn)
+            tensors[name.removesuffix("weight") + "weight_scale_inv"] = torch.ones(1, 1)
+        else:
+            tensors[name] = tensor.contiguous()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    saved = json.loads((directory / "config.json").read_text())
+    saved["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (directory / "config.json").write_text(json.dumps(saved))
+
+    refusal = f"'{directory}' is a pre-quantized checkpoint .*quant_method 'fp8'"
+    with pytest.raises(ValueError, match=refusal):
+        litcore.from_pretrained(directory, cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()  # refused before converting
+    with pytest.raises(ValueError, match=refusal):
+        litcore.plan_pretrained(directory)
+    with pytest.raises(ValueError, match=refusal):
+        litcore.hf.convert_pretrained(directory, tmp_path / "q.lit")
+    with pytest.warns(UserWarning, match="pre-quantized"):
+        litcore.convert(directory, tmp_path / "q.lit", progress=False)
+    with litcore.Store(tmp_path / "q.lit") as store:
+        assert set(store.keys()) == set(tensors)
+        assert store.info("model.layers.0.mlp.up_proj.weight").dtype == torch.float8_e4m3fn
+    with pytest.raises(ValueError, match=f"'{tmp_path / 'q.lit'}' is a pre-quantized checkpoint"):
+        litcore.from_pretrained(tmp_path / "q.lit", progress=False)

@@ -186,6 +186,20 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                                  read_mode=read_mode, verbose=verbose, verify=verify)
 
 
+def _unquantized(config: Any, src: str) -> Any:
+    """`config`, refused where it describes a pre-quantized checkpoint (FP8, GPTQ, AWQ,
+    bitsandbytes...): litcore builds the model's plain layers, which hold none of its
+    quantized tensors and scales; said before anything is converted."""
+    quantization = getattr(config, "quantization_config", None)
+    if not quantization:
+        return config
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    method = getattr(method, "value", method)
+    raise ValueError(f"litcore: '{src}' is a pre-quantized checkpoint (its config's quantization_config has quant_method "
+                     f"{method!r}): litcore runs unquantized weights (float32, float16, bfloat16); use the model's "
+                     f"unquantized checkpoint")
+
+
 def _skeleton(model_class: Type, config: Any):
     """The model built empty: its names, shapes, order and transformers' conversion tables."""
     with empty_init():
@@ -201,9 +215,9 @@ def model_order(model_class: Type, config: Any) -> List[str]:
 def directory_model(model_dir: PathLike):
     """The model a transformers directory's config.json describes, built empty (what
     `litcore.convert` writes that directory for: in its order, under its names), or None
-    where transformers is not installed or cannot build that model: the weights then convert
-    in name order under the checkpoint's names, and a warning says why where transformers is
-    installed."""
+    where transformers is not installed, cannot build that model, or the checkpoint is
+    pre-quantized: the weights then convert as the files hold them, in name order under the
+    checkpoint's names, and a warning says why where transformers is installed."""
     src = os.fspath(model_dir)
     try:
         from transformers import AutoConfig
@@ -211,12 +225,14 @@ def directory_model(model_dir: PathLike):
         return None
     try:
         config = AutoConfig.from_pretrained(src)
-        return _skeleton(model_class_for(config), config)
+        if not getattr(config, "quantization_config", None):
+            return _skeleton(model_class_for(config), config)
+        reason = "the checkpoint is pre-quantized (config.json has a quantization_config)"
     except Exception as exc:  # any failure to build the model: convert what the files hold
-        warnings.warn(f"litcore: '{src}': tensors written in name order under the checkpoint's names, not the "
-                      f"model's: transformers could not build the model its config.json describes "
-                      f"({type(exc).__name__}: {exc})", stacklevel=4)
-        return None
+        reason = f"transformers could not build the model its config.json describes ({type(exc).__name__}: {exc})"
+    warnings.warn(f"litcore: '{src}': tensors written in name order under the checkpoint's names, not the model's: "
+                  f"{reason}", stacklevel=4)
+    return None
 
 
 def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None,
@@ -227,7 +243,7 @@ def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DT
     from transformers import AutoConfig
 
     src = os.fspath(model_dir)
-    config = AutoConfig.from_pretrained(src)
+    config = _unquantized(AutoConfig.from_pretrained(src), src)
     return convert(src, dst, dtype=dtype, progress=progress, model=_skeleton(model_class_for(config), config))
 
 
@@ -254,7 +270,7 @@ def _config_and_class(src: str, config: Any, model_class: Optional[Type]) -> Tup
             config = AutoConfig.from_pretrained(src)
         else:
             config = config_from_lit(src)
-    return config, model_class or model_class_for(config)
+    return _unquantized(config, src), model_class or model_class_for(config)
 
 
 def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto", dtype: Optional[DTypeLike] = None,

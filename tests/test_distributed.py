@@ -115,7 +115,7 @@ def test_three_stages_streaming_under_their_budgets(setup):
     reports = _check(outcomes, out, logits, tokens)
     for r in reports:
         assert r["streams"], r
-        assert r["peak"] - r["before"] <= budget + MARGIN, r
+        assert r["peak"] - r["before"] <= budget + MARGIN, r  # r["grown_mib"]: what grew, by kind
 
 
 def test_a_stage_that_dies_fails_every_rank_quickly(setup):

@@ -186,18 +186,26 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                                  read_mode=read_mode, verbose=verbose, verify=verify)
 
 
-def _unquantized(config: Any, src: str) -> Any:
-    """`config`, refused where it describes a pre-quantized checkpoint (FP8, GPTQ, AWQ,
-    bitsandbytes...): litcore builds the model's plain layers, which hold none of its
-    quantized tensors and scales; said before anything is converted."""
+def _quantization_method(config: Any) -> Optional[str]:
+    """The method of a pre-quantized checkpoint's config (its quantization_config's
+    quant_method: "fp8", "gptq", "awq", "bitsandbytes"...), or None for plain weights."""
     quantization = getattr(config, "quantization_config", None)
     if not quantization:
-        return config
+        return None
     method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
-    method = getattr(method, "value", method)
-    raise ValueError(f"litcore: '{src}' is a pre-quantized checkpoint (its config's quantization_config has quant_method "
-                     f"{method!r}): litcore runs unquantized weights (float32, float16, bfloat16); use the model's "
-                     f"unquantized checkpoint")
+    return str(getattr(method, "value", method))
+
+
+def _unquantized(config: Any, src: str) -> Any:
+    """`config`, refused where it describes a pre-quantized checkpoint: litcore builds the
+    model's plain layers, which hold none of its quantized tensors and scales; said before
+    anything is converted."""
+    method = _quantization_method(config)
+    if method is not None:
+        raise ValueError(f"litcore: '{src}' is a pre-quantized checkpoint (its config's quantization_config has "
+                         f"quant_method '{method}'): litcore runs unquantized weights (float32, float16, bfloat16); "
+                         f"use the model's unquantized checkpoint")
+    return config
 
 
 def _skeleton(model_class: Type, config: Any):
@@ -225,9 +233,10 @@ def directory_model(model_dir: PathLike):
         return None
     try:
         config = AutoConfig.from_pretrained(src)
-        if not getattr(config, "quantization_config", None):
+        method = _quantization_method(config)
+        if method is None:
             return _skeleton(model_class_for(config), config)
-        reason = "the checkpoint is pre-quantized (config.json has a quantization_config)"
+        reason = f"the checkpoint is pre-quantized (config.json's quantization_config: '{method}')"
     except Exception as exc:  # any failure to build the model: convert what the files hold
         reason = f"transformers could not build the model its config.json describes ({type(exc).__name__}: {exc})"
     warnings.warn(f"litcore: '{src}': tensors written in name order under the checkpoint's names, not the model's: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -24,8 +25,11 @@ class Outcome:
 
 
 def available() -> bool:
-    """True when a v1 memory cgroup can be created here."""
-    probe = os.path.join(ROOT, f"litcore-probe-{os.getpid()}")
+    """True when a v1 memory cgroup can be created here. The probe's name is this thread's own:
+    with one name per process, runs started at once from several threads (the stages of a
+    distributed test) found each other's probe, and those that lost ran without a cgroup,
+    measuring the machine's memory instead of their own."""
+    probe = os.path.join(ROOT, f"litcore-probe-{os.getpid()}-{threading.get_native_id()}")
     try:
         os.mkdir(probe)
         os.rmdir(probe)

@@ -70,6 +70,7 @@ def _launch(tmp, ids, world_size, limits, **args):
 
 
 def _check(outcomes, out, logits, tokens):
+    assert all(o.peak_source == "cgroup" for o in outcomes), "a stage ran outside its own cgroup"
     assert all(o.returncode == 0 and not o.oom_killed for o in outcomes), [
         (rank, o.returncode, o.oom_killed, o.peak_bytes >> 20, o.stderr[-1500:]) for rank, o in enumerate(outcomes)]
     reports = []

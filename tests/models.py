@@ -90,3 +90,13 @@ def transformers_models():
 
 def seeded(cls, config, seed: int = 0):
     return _seeded(cls, config, seed)
+
+
+def in_memory(model):
+    """`model` with its weights copied into memory, in eval mode. transformers' from_pretrained
+    leaves the weights views of the safetensors file at unaligned offsets, where some kernels
+    round differently (a CLIP model's embeddings moved by an ulp): a reference must not."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    return model.eval()

@@ -12,6 +12,7 @@ import transformers.models.llama.modeling_llama  # noqa: F401
 import torch.distributed.distributed_c10d  # noqa: F401
 
 import litcore.distributed
+import own_cgroup  # this file's folder is on the path: it runs as a script from there
 
 
 def cgroup_dir():
@@ -27,11 +28,6 @@ def read(name):
     return int(open(os.path.join(group, name)).read().split()[0]) if group else 0
 
 
-def stat():
-    group = cgroup_dir()
-    return {k: int(v) for k, v in (line.split() for line in open(os.path.join(group, "memory.stat")))} if group else {}
-
-
 def main():
     args = json.loads(sys.argv[1])
     config = LlamaConfig(**args["config"])
@@ -41,7 +37,7 @@ def main():
     if cgroup_dir():
         open(os.path.join(cgroup_dir(), "memory.max_usage_in_bytes"), "w").write("0")
     before = read("memory.usage_in_bytes")
-    stat_before = stat()
+    stat_before = own_cgroup.stat() if cgroup_dir() else {}
     budget = args["budgets"][rank] if args.get("budgets") else "auto"
     stage = litcore.distributed.from_params(args["path"], lambda: LlamaForCausalLM(config), memory_budget=budget,
                                             split=args.get("split"), timeout=args.get("timeout", 60))
@@ -52,7 +48,8 @@ def main():
                             do_sample=False, pad_token_id=0)
     torch.save({"logits": logits, "tokens": tokens}, os.path.join(args["out"], f"rank{rank}.pt"))
     stats = stage.stats()
-    grown = {k: (v - stat_before[k]) >> 20 for k, v in stat().items() if k in ("rss", "cache", "mapped_file")}
+    after = own_cgroup.stat() if stat_before else {}
+    grown = {k: (after[k] - stat_before[k]) >> 20 for k in ("rss", "cache", "mapped_file") if k in after}
     print(json.dumps({"rank": rank, "before": before, "peak": read("memory.max_usage_in_bytes"),
                       "failcnt": read("memory.failcnt"), "stage_bytes": stage.stage.nbytes,
                       "modules": stage.stage.modules, "streams": stage.plan.streams,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import litcore
+from models import in_memory
 
 transformers = pytest.importorskip("transformers")
 
@@ -181,11 +182,7 @@ def _saved(name, tmp_path):
         for p in model.parameters():  # every weight away from its init (norms at 1, biases at 0...)
             p.copy_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05)
     model.save_pretrained(tmp_path / "hf")
-    reference = cls.from_pretrained(tmp_path / "hf")
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.data = p.data.clone()
-    return tmp_path / "hf", reference.eval()
+    return tmp_path / "hf", in_memory(cls.from_pretrained(tmp_path / "hf"))
 
 
 @pytest.mark.parametrize("name", RUN)

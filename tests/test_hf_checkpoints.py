@@ -10,7 +10,7 @@ import torch
 
 import litcore
 import litcore.hf
-from models import seeded
+from models import in_memory, seeded
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,16 +28,6 @@ CASES = [
 ]
 
 
-def _in_memory(model):
-    """transformers' from_pretrained leaves the weights views of the safetensors file at
-    unaligned offsets, where some kernels round differently (a CLIP model's embeddings moved by
-    an ulp): the reference is the same model with its weights copied into memory."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.clone()
-    return model.eval()
-
-
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def saved(request, tmp_path_factory):
     name, config, cls = request.param
@@ -45,7 +35,7 @@ def saved(request, tmp_path_factory):
         pytest.skip(f"this transformers has no {name}")
     directory = tmp_path_factory.mktemp(name) / "hf"
     seeded(cls, config()).save_pretrained(directory)
-    reference = _in_memory(cls.from_pretrained(directory))  # transformers' own conversion
+    reference = in_memory(cls.from_pretrained(directory))  # transformers' own conversion
     return name, cls, directory, reference
 
 
@@ -99,7 +89,7 @@ def test_a_vision_language_checkpoint_with_the_old_prefixes(tmp_path):
     cls = transformers.LlavaForConditionalGeneration
     seeded(cls, config).save_pretrained(tmp_path / "hf")
     assert any(k.startswith("language_model.model.") for k in _checkpoint_names(tmp_path / "hf"))
-    reference = _in_memory(cls.from_pretrained(tmp_path / "hf"))
+    reference = in_memory(cls.from_pretrained(tmp_path / "hf"))
     lit = litcore.from_pretrained(tmp_path / "hf", memory_budget=300_000, cache_dir=tmp_path / "cache")
     assert lit.plan.streams
     ids = torch.randint(3, 290, (1, 10), generator=torch.Generator().manual_seed(0))

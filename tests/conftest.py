@@ -48,6 +48,24 @@ def run_python(code: str, *args: str, env=None, timeout: int = 600, check: bool 
 
 
 @pytest.fixture
+def litcore_cli(capsys):
+    """`litcore ARGS...` run in this process, as a CompletedProcess: the command's own code
+    past the interpreter's start (a subprocess imports torch again, ~3 s on 2 cores). The
+    entry point itself (`python -m litcore`, the `litcore` script) has its own tests."""
+    from litcore import cli
+
+    def run(*args) -> subprocess.CompletedProcess:
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as stop:  # argparse's errors, --help, --version
+            code = stop.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+@pytest.fixture
 def tmp(tmp_path):
     return tmp_path
 

@@ -41,11 +41,11 @@ def test_generate_streams_text_and_ends_with_stats(llama_dir):
     assert first.strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
-def test_generate_refuses_an_encoder_and_bad_options(tmp):
+def test_generate_refuses_an_encoder_and_bad_options(tmp, litcore_cli):
     synthetic.make_model_dir(str(tmp / "bert"), synthetic.bert_config(), dtype=torch.float32)
     r = _run("generate", tmp / "bert", "hello", "-q")
     assert r.returncode == 2 and "BertModel" in r.stderr and "causal language model" in r.stderr, r.stderr
-    r = _run("generate", tmp / "bert", "hello", "--memory-budget", "abc")
+    r = litcore_cli("generate", tmp / "bert", "hello", "--memory-budget", "abc")
     assert r.returncode == 2 and "--memory-budget" in r.stderr and "'abc'" in r.stderr
 
 
@@ -62,43 +62,43 @@ def test_plan_is_a_dry_run_in_module_names(llama_dir, tmp):
     assert plan.placements() == lit.plan.placements()
 
 
-def test_plan_stages_dry_run(llama_dir):
-    r = _run("plan", llama_dir, "--stages", "2", "--memory-budget", "150KB")
+def test_plan_stages_dry_run(llama_dir, litcore_cli):
+    r = litcore_cli("plan", llama_dir, "--stages", "2", "--memory-budget", "150KB")
     assert r.returncode == 0, r.stderr
     assert "stage 0: layers 0-" in r.stdout and "model.embed_tokens" in r.stdout
     assert "stage 1: layers" in r.stdout and "lm_head" in r.stdout and "streamed per forward" in r.stdout
-    r = _run("plan", llama_dir, "--stages", "2", "--split", "0,1")
+    r = litcore_cli("plan", llama_dir, "--stages", "2", "--split", "0,1")
     assert r.returncode == 0 and "stage 1: layers 1-" in r.stdout, r.stderr
     for bad in (["--stages", "0"], ["--stages", "2", "--split", "1,2"], ["--split", "0,1"]):
-        r = _run("plan", llama_dir, *bad)
+        r = litcore_cli("plan", llama_dir, *bad)
         assert r.returncode != 0 and "litcore plan: error:" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
 
 
-def test_file_commands_edges(tmp):
+def test_file_commands_edges(tmp, litcore_cli):
     weights = {f"layers.{i}.weight": torch.randn(64, 64) for i in range(12)}
     litcore.save(weights, tmp / "m.lit")
     r = _run("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"litcore {litcore.__version__}"
-    r = _run("convert", tmp / "m.lit", tmp / "nowhere" / "b.lit", "-q")
+    r = litcore_cli("convert", tmp / "m.lit", tmp / "nowhere" / "b.lit", "-q")
     assert r.returncode == 2 and "nowhere/b.lit" in r.stderr and "partial" not in r.stderr, r.stderr
     (tmp / "adir").mkdir()
-    r = _run("convert", tmp / "m.lit", tmp / "adir", "-q")
+    r = litcore_cli("convert", tmp / "m.lit", tmp / "adir", "-q")
     assert r.returncode == 2 and "adir': it is a directory" in r.stderr, r.stderr
     assert r.stderr.count("litcore") == 1  # "litcore convert: error: ...", no doubled prefix
-    r = _run("convert", tmp / "m.lit", tmp / "b.lit", "--dtype", "bf16", "-q")
+    r = litcore_cli("convert", tmp / "m.lit", tmp / "b.lit", "--dtype", "bf16", "-q")
     assert r.returncode == 0, r.stderr
     with litcore.Store(tmp / "b.lit") as store:
         assert store.info("layers.3.weight").dtype == torch.bfloat16
         assert torch.equal(store["layers.3.weight"], weights["layers.3.weight"].bfloat16())
     torch.save({"x": os.system}, tmp / "unsafe.pt")
-    r = _run("convert", tmp / "unsafe.pt", tmp / "u.lit", "-q")
+    r = litcore_cli("convert", tmp / "unsafe.pt", tmp / "u.lit", "-q")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unsafe.pt" in r.stderr, r.stderr
-    r = _run("convert", "--help")
+    r = litcore_cli("convert", "--help")
     assert "bfloat16" in r.stdout and "bf16" in r.stdout
     (tmp / "one").mkdir()
     os.replace(tmp / "b.lit", tmp / "one" / "b.lit")
     for command in ("inspect", "verify"):
-        r = _run(command, tmp / "one")
+        r = litcore_cli(command, tmp / "one")
         assert r.returncode == 0 and "b.lit" in r.stdout or "layers.3.weight" in r.stdout, r.stderr
     r = subprocess.run(" ".join(CLI + ["inspect", str(tmp / "m.lit")]) + " | head -2", shell=True, capture_output=True,
                        text=True)

@@ -162,28 +162,29 @@ def test_conversion_streams(tmp, fmt):
         assert float(store["layer7.weight"][-1]) == 7.0
 
 
-def test_cli_convert_inspect_verify(tmp):
+def test_cli_convert_inspect_verify(tmp, litcore_cli):
     sd = _state()
     save_file(sd, tmp / "model.safetensors")
     cli = [sys.executable, "-m", "litcore"]
     r = subprocess.run(cli + ["convert", str(tmp / "model.safetensors"), str(tmp / "m.lit"), "--dtype", "bf16", "-q"],
                        capture_output=True, text=True, check=True)
     assert "wrote" in r.stdout and r.stdout.strip().endswith(", in name order")  # a bare file: no model to order by
-    r = subprocess.run(cli + ["inspect", str(tmp / "m.lit")], capture_output=True, text=True, check=True)
+    # the other commands in this process (the same code; a subprocess start imports torch again)
+    r = litcore_cli("inspect", str(tmp / "m.lit"))
     assert "model.layers.0.mlp.weight" in r.stdout and "bfloat16" in r.stdout and "tensors" in r.stdout
     assert "litcore.tensor_order: name" in r.stdout
-    r = subprocess.run(cli + ["inspect", "--json", str(tmp / "m.lit")], capture_output=True, text=True, check=True)
+    r = litcore_cli("inspect", "--json", str(tmp / "m.lit"))
     assert json.loads(r.stdout)["tensors"]["model.position_ids"]["dtype"] == "int64"
-    r = subprocess.run(cli + ["verify", "-q", str(tmp / "m.lit")], capture_output=True, text=True)
+    r = litcore_cli("verify", "-q", str(tmp / "m.lit"))
     assert r.returncode == 0 and "OK" in r.stdout
     with litcore.Store(tmp / "m.lit") as store:
         off = store.info("model.layers.1.mlp.weight").offset
     with open(tmp / "m.lit", "r+b") as f:
         f.seek(off)
         f.write(b"\x12\x34")
-    r = subprocess.run(cli + ["verify", "-q", str(tmp / "m.lit")], capture_output=True, text=True)
+    r = litcore_cli("verify", "-q", str(tmp / "m.lit"))
     assert r.returncode == 1 and "model.layers.1.mlp.weight" in r.stderr
-    r = subprocess.run(cli + ["inspect", str(tmp / "missing.lit")], capture_output=True, text=True)
+    r = litcore_cli("inspect", str(tmp / "missing.lit"))
     assert r.returncode == 2 and "missing.lit" in r.stderr
     r = subprocess.run(["litcore", "--help"], capture_output=True, text=True, env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]})
     assert r.returncode == 0 and "convert" in r.stdout

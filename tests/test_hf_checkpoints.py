@@ -131,32 +131,113 @@ def test_experts_convert_one_expert_at_a_time(tmp_path):
         assert store.info("model.layers.0.mlp.experts.gate_up_proj").nbytes == 8 * 2 * 2048 * 1024 * 4
 
 
-def test_a_pre_quantized_checkpoint_is_refused_before_any_conversion(tmp_path):
-    """An FP8 checkpoint (`weight_scale_inv` beside each float8 weight, a quantization_config
-    in config.json) does not fit the plain layers litcore builds: from_pretrained and the dry
-    run say so, naming the directory and the method, before converting anything; a .lit
-    converted from it is refused the same way; `litcore.convert` writes what its files hold."""
+FP8_BLOCK = 32
+
+
+def _quantize_fp8(tensor: torch.Tensor) -> tuple:
+    """Block-wise FP8 as FP8 checkpoints store it: float8_e4m3fn weights and, per 32 x 32
+    block, the float32 scale (`weight_scale_inv`) that multiplies them back."""
+    *lead, rows, cols = tensor.shape
+    blocks = tensor.float().reshape(*lead, rows // FP8_BLOCK, FP8_BLOCK, cols // FP8_BLOCK, FP8_BLOCK)
+    scales = blocks.abs().amax(dim=(-3, -1)).clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
+    quantized = (blocks / scales[..., :, None, :, None]).to(torch.float8_e4m3fn).reshape(tensor.shape)
+    return quantized, scales
+
+
+def _save_pre_quantized(model, directory, quantization_config: dict, quantize) -> dict:
+    """`model` saved by transformers, then its projections (attention, MLP, experts: 2-D or
+    3-D, 32-divisible) rewritten by `quantize` and config.json given `quantization_config`.
+    Returns the checkpoint's tensors."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    directory = tmp_path / "fp8"
-    config = transformers.LlamaConfig(**{**SMALL, "num_hidden_layers": 1})
-    model = seeded(transformers.LlamaForCausalLM, config)
     model.save_pretrained(directory)
     tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name.endswith("_proj.weight"):
-            tensors[name] = tensor.to(torch.float8_e4m3fn)
-            tensors[name.removesuffix("weight") + "weight_scale_inv"] = torch.ones(1, 1)
+    for name, tensor in load_file(str(directory / "model.safetensors")).items():
+        projection = name.endswith(("proj.weight", "proj", ".w1.weight", ".w2.weight", ".w3.weight"))
+        if projection and tensor.dim() >= 2 and not tensor.shape[-1] % FP8_BLOCK and not tensor.shape[-2] % FP8_BLOCK:
+            tensors[name], tensors[name + "_scale_inv"] = quantize(tensor)
         else:
-            tensors[name] = tensor.contiguous()
+            tensors[name] = tensor
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     saved = json.loads((directory / "config.json").read_text())
-    saved["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    saved["quantization_config"] = quantization_config
     (directory / "config.json").write_text(json.dumps(saved))
+    return tensors
 
-    refusal = f"'{directory}' is a pre-quantized checkpoint .*quant_method 'fp8'"
+
+FP8_CASES = [("llama", lambda: transformers.LlamaConfig(**SMALL), transformers.LlamaForCausalLM), CASES[1]]
+
+
+@pytest.mark.parametrize("name,config,cls", FP8_CASES, ids=[c[0] for c in FP8_CASES])
+def test_an_fp8_checkpoint_runs_as_transformers_dequantizes_it(name, config, cls, tmp_path):
+    """An FP8 checkpoint (float8 weights, a `weight_scale_inv` per 32 x 32 block, config.json's
+    quantization_config "fp8") is converted to the plain weights transformers dequantizes it
+    into on a machine without a GPU, in the model's dtype, and then streams `torch.equal` to
+    transformers' model; its experts are dequantized expert by expert before they are fused."""
+    directory = tmp_path / "fp8"
+    model = seeded(cls, config())
+    tensors = _save_pre_quantized(model.to(torch.bfloat16), directory, {
+        "quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [FP8_BLOCK, FP8_BLOCK]},
+        _quantize_fp8)
+    assert any(t.dtype == torch.float8_e4m3fn for t in tensors.values())
+    reference = in_memory(cls.from_pretrained(directory))  # transformers dequantizes on a CPU-only machine
+    assert not hasattr(reference.config, "quantization_config")
+
+    plan = litcore.plan_pretrained(directory, memory_budget="1GiB")  # the dry run plans the plain weights' bytes
+    assert plan.total_bytes == sum(t.numel() * t.element_size() for t in reference.state_dict().values()
+                                   if t.dtype.is_floating_point) + sum(
+        t.numel() * t.element_size() for t in reference.state_dict().values() if not t.dtype.is_floating_point)
+    budget = plan.total_bytes // 2
+    lit = litcore.from_pretrained(directory, memory_budget=budget, cache_dir=tmp_path / "cache", progress=False)
+    assert lit.plan.streamed_bytes > 0
+    ids = torch.randint(2, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(ids).logits
+        want_tokens = reference.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(lit(ids).logits, want)
+    assert torch.equal(lit(ids).logits, want)
+    assert torch.equal(lit.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0), want_tokens)
+
+    # The file holds the model's plain tensors (no scales), and its config no quantization.
+    litcore.convert(directory, tmp_path / "m.lit", progress=False)
+    with litcore.Store(tmp_path / "m.lit") as store:
+        assert set(store.keys()) == set(reference.state_dict())
+        assert {store.info(k).dtype for k in store.keys() if store.info(k).dtype.is_floating_point} == {torch.bfloat16}
+    assert not hasattr(litcore.hf.config_from_lit(tmp_path / "m.lit"), "quantization_config")
+    again = litcore.from_pretrained(tmp_path / "m.lit", memory_budget=budget, progress=False)
+    assert torch.equal(again(ids).logits, want)
+
+
+def test_a_float8_weight_without_its_scales_is_named(tmp_path):
+    directory = tmp_path / "fp8"
+    tensors = _save_pre_quantized(seeded(transformers.LlamaForCausalLM, transformers.LlamaConfig(**SMALL)), directory,
+                                  {"quant_method": "fp8", "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}, _quantize_fp8)
+    from safetensors.torch import save_file
+
+    del tensors["model.layers.1.mlp.up_proj.weight_scale_inv"]
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="'model.layers.1.mlp.up_proj.weight' is torch.float8_e4m3fn without "
+                                         "'model.layers.1.mlp.up_proj.weight_scale_inv'"):
+        litcore.from_pretrained(directory, cache_dir=tmp_path / "cache", progress=False)
+    assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file()]  # refused before writing anything
+
+
+def test_another_pre_quantized_checkpoint_is_refused_before_any_conversion(tmp_path):
+    """A checkpoint quantized by a method litcore does not dequantize (GPTQ here: packed
+    int32 weights) does not fit the plain layers litcore builds: from_pretrained and the dry
+    run say so, naming the directory and the method, before converting anything; a .lit
+    converted from it is refused the same way; `litcore.convert` writes what its files hold."""
+    directory = tmp_path / "gptq"
+    config = transformers.LlamaConfig(**{**SMALL, "num_hidden_layers": 1})
+
+    def pack(tensor: torch.Tensor) -> tuple:  # the shapes of GPTQ's packed weights, not its arithmetic
+        return torch.zeros(tensor.shape[-1] // 8, tensor.shape[-2], dtype=torch.int32), torch.ones(1, tensor.shape[-2])
+
+    tensors = _save_pre_quantized(seeded(transformers.LlamaForCausalLM, config), directory,
+                                  {"quant_method": "gptq", "bits": 4, "group_size": 32}, pack)
+    refusal = f"'{directory}' is a pre-quantized checkpoint .*quant_method 'gptq'"
     with pytest.raises(ValueError, match=refusal):
         litcore.from_pretrained(directory, cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()  # refused before converting
@@ -168,6 +249,6 @@ def test_a_pre_quantized_checkpoint_is_refused_before_any_conversion(tmp_path):
         litcore.convert(directory, tmp_path / "q.lit", progress=False)
     with litcore.Store(tmp_path / "q.lit") as store:
         assert set(store.keys()) == set(tensors)
-        assert store.info("model.layers.0.mlp.up_proj.weight").dtype == torch.float8_e4m3fn
+        assert store.info("model.layers.0.mlp.up_proj.weight").dtype == torch.int32
     with pytest.raises(ValueError, match=f"'{tmp_path / 'q.lit'}' is a pre-quantized checkpoint"):
         litcore.from_pretrained(tmp_path / "q.lit", progress=False)

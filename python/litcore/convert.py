@@ -14,6 +14,7 @@ import torch
 
 from litcore import dtypes
 from litcore._native import FormatError, _C
+from litcore.dequantize import dequantized_plans, directory_dequantization, plain_config
 from litcore.dtypes import DTypeLike
 from litcore.save import TensorPlan, base_metadata, plan_tensors, write_planned
 from litcore.store import PathLike, Store
@@ -213,7 +214,8 @@ def source_plans(src: PathLike, dtype: Optional[DTypeLike] = None) -> List[Tenso
                 plans.append(TensorPlan(name, dtypes.converted(t.dtype, target), t.shape))
         else:
             raise ValueError(f"litcore: '{src}' is a .lit file: its tensors are in the model's layout already")
-    return plans
+    dequantize_into = directory_dequantization(src)
+    return plans if dequantize_into is None else dequantized_plans(plans, dequantize_into, target)
 
 
 def _resolve_sources(src: str) -> Tuple[str, List[str]]:
@@ -280,6 +282,9 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
             plans, original, source = _lit_plans(files[0], target)
         else:
             plans, original = _torch_plans(files, target)
+        dequantize_into = directory_dequantization(src)
+        if dequantize_into is not None:
+            plans = dequantized_plans(plans, dequantize_into, target, original)
         if model is None and source is None:
             model = _directory_model(src)
         if model is not None:
@@ -303,6 +308,8 @@ def convert(src: PathLike, dst: PathLike, *, dtype: Optional[DTypeLike] = None, 
         if config and os.path.exists(config):
             with open(config) as f:
                 meta[CONFIG_METADATA_KEY] = f.read()
+            if dequantize_into is not None:  # the file holds plain weights: its model is the plain one
+                meta[CONFIG_METADATA_KEY] = json.dumps(plain_config(json.loads(meta[CONFIG_METADATA_KEY]), src), indent=2)
         meta.update(metadata or {})
         write_planned(dst, plans, base_metadata(meta, original), progress=progress,
                       desc=f"convert {os.path.basename(os.path.normpath(src))}")

@@ -11,6 +11,7 @@ from litcore import dtypes
 from litcore.binding import unit_spec
 from litcore.budget import Budget, resolve_budget
 from litcore.convert import CONFIG_METADATA_KEY, _resolve_sources, convert, source_plans, source_sizes
+from litcore.dequantize import DEQUANTIZED_METHODS, plain_config, quantization_method
 from litcore.dtypes import DTypeLike
 from litcore.empty_init import empty_init
 from litcore.engine import DEFAULT_VERIFY, check_verify
@@ -165,8 +166,10 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
     `verify="none"`), and a corrupt one is converted again with a warning.
     `verify` is otherwise LitModule.from_params's (default "none"). `dtype` converts
     floating-point weights (a .lit file of another dtype is converted into the cache too).
-    `model_class` and `config` override what config.json names. The other options are
-    LitModule.from_params's.
+    `model_class` and `config` override what config.json names. An FP8 checkpoint is
+    converted to the plain weights transformers dequantizes it into (litcore.dequantize);
+    one quantized any other way raises ValueError before anything is converted. The other
+    options are LitModule.from_params's.
     """
     check_cache = "full" if verify is None else check_verify(verify)  # a cache is checked unless asked not to
     verify = DEFAULT_VERIFY if verify is None else check_verify(verify)
@@ -186,28 +189,6 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                                  read_mode=read_mode, verbose=verbose, verify=verify)
 
 
-def _quantization_method(config: Any) -> Optional[str]:
-    """The method of a pre-quantized checkpoint's config (its quantization_config's
-    quant_method: "fp8", "gptq", "awq", "bitsandbytes"...), or None for plain weights."""
-    quantization = getattr(config, "quantization_config", None)
-    if not quantization:
-        return None
-    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
-    return str(getattr(method, "value", method))
-
-
-def _unquantized(config: Any, src: str) -> Any:
-    """`config`, refused where it describes a pre-quantized checkpoint: litcore builds the
-    model's plain layers, which hold none of its quantized tensors and scales; said before
-    anything is converted."""
-    method = _quantization_method(config)
-    if method is not None:
-        raise ValueError(f"litcore: '{src}' is a pre-quantized checkpoint (its config's quantization_config has "
-                         f"quant_method '{method}'): litcore runs unquantized weights (float32, float16, bfloat16); "
-                         f"use the model's unquantized checkpoint")
-    return config
-
-
 def _skeleton(model_class: Type, config: Any):
     """The model built empty: its names, shapes, order and transformers' conversion tables."""
     with empty_init():
@@ -224,7 +205,8 @@ def directory_model(model_dir: PathLike):
     """The model a transformers directory's config.json describes, built empty (what
     `litcore.convert` writes that directory for: in its order, under its names), or None
     where transformers is not installed, cannot build that model, or the checkpoint is
-    pre-quantized: the weights then convert as the files hold them, in name order under the
+    pre-quantized by a method litcore does not dequantize (litcore.dequantize): the weights
+    then convert as the files hold them, in name order under the
     checkpoint's names, and a warning says why where transformers is installed."""
     src = os.fspath(model_dir)
     try:
@@ -233,9 +215,9 @@ def directory_model(model_dir: PathLike):
         return None
     try:
         config = AutoConfig.from_pretrained(src)
-        method = _quantization_method(config)
-        if method is None:
-            return _skeleton(model_class_for(config), config)
+        method = quantization_method(config)
+        if method is None or method in DEQUANTIZED_METHODS:
+            return _skeleton(model_class_for(config), plain_config(config, src))
         reason = f"the checkpoint is pre-quantized (config.json's quantization_config: '{method}')"
     except Exception as exc:  # any failure to build the model: convert what the files hold
         reason = f"transformers could not build the model its config.json describes ({type(exc).__name__}: {exc})"
@@ -252,7 +234,7 @@ def convert_pretrained(model_dir: PathLike, dst: PathLike, *, dtype: Optional[DT
     from transformers import AutoConfig
 
     src = os.fspath(model_dir)
-    config = _unquantized(AutoConfig.from_pretrained(src), src)
+    config = plain_config(AutoConfig.from_pretrained(src), src)
     return convert(src, dst, dtype=dtype, progress=progress, model=_skeleton(model_class_for(config), config))
 
 
@@ -279,7 +261,7 @@ def _config_and_class(src: str, config: Any, model_class: Optional[Type]) -> Tup
             config = AutoConfig.from_pretrained(src)
         else:
             config = config_from_lit(src)
-    return _unquantized(config, src), model_class or model_class_for(config)
+    return plain_config(config, src), model_class or model_class_for(config)
 
 
 def plan_pretrained(model_dir_or_lit: PathLike, *, memory_budget: Budget = "auto", dtype: Optional[DTypeLike] = None,

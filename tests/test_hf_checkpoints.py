@@ -185,10 +185,17 @@ def test_an_fp8_checkpoint_runs_as_transformers_dequantizes_it(name, config, cls
     reference = in_memory(cls.from_pretrained(directory))  # transformers dequantizes on a CPU-only machine
     assert not hasattr(reference.config, "quantization_config")
 
+    _run_like(reference, directory, tmp_path)
+
+
+def _run_like(reference, directory, tmp_path) -> None:
+    """litcore's run of a pre-quantized `directory`, half of it streamed: the plain weights'
+    bytes planned, logits and generated tokens `torch.equal` to `reference`; the converted
+    file holds the model's tensors (no scales, none quantized) and a config without
+    quantization, and runs the same."""
+    state = reference.state_dict()
     plan = litcore.plan_pretrained(directory, memory_budget="1GiB")  # the dry run plans the plain weights' bytes
-    assert plan.total_bytes == sum(t.numel() * t.element_size() for t in reference.state_dict().values()
-                                   if t.dtype.is_floating_point) + sum(
-        t.numel() * t.element_size() for t in reference.state_dict().values() if not t.dtype.is_floating_point)
+    assert plan.total_bytes == sum(t.numel() * t.element_size() for t in state.values())
     budget = plan.total_bytes // 2
     lit = litcore.from_pretrained(directory, memory_budget=budget, cache_dir=tmp_path / "cache", progress=False)
     assert lit.plan.streamed_bytes > 0
@@ -200,14 +207,47 @@ def test_an_fp8_checkpoint_runs_as_transformers_dequantizes_it(name, config, cls
     assert torch.equal(lit(ids).logits, want)
     assert torch.equal(lit.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0), want_tokens)
 
-    # The file holds the model's plain tensors (no scales), and its config no quantization.
     litcore.convert(directory, tmp_path / "m.lit", progress=False)
     with litcore.Store(tmp_path / "m.lit") as store:
-        assert set(store.keys()) == set(reference.state_dict())
+        assert set(store.keys()) == set(state)
         assert {store.info(k).dtype for k in store.keys() if store.info(k).dtype.is_floating_point} == {torch.bfloat16}
     assert not hasattr(litcore.hf.config_from_lit(tmp_path / "m.lit"), "quantization_config")
     again = litcore.from_pretrained(tmp_path / "m.lit", memory_budget=budget, progress=False)
     assert torch.equal(again(ids).logits, want)
+
+
+def test_an_mxfp4_checkpoint_runs_as_transformers_dequantizes_it(tmp_path):
+    """gpt-oss's MXFP4 experts (`<name>_blocks`: two 4-bit codes per byte; `<name>_scales`: one
+    exponent per 32 values) are converted, one expert at a time, to the bfloat16 experts
+    transformers dequantizes them into on a machine without a GPU, in the model's layout."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    cls = getattr(transformers, "GptOssForCausalLM", None)
+    if cls is None:
+        pytest.skip("this transformers has no gpt-oss")
+    directory = tmp_path / "mxfp4"
+    config = transformers.GptOssConfig(**{**SMALL, "intermediate_size": 64, "head_dim": 16}, num_local_experts=4,
+                                       num_experts_per_tok=2)
+    seeded(cls, config).to(torch.bfloat16).save_pretrained(directory)
+    tensors = load_file(str(directory / "model.safetensors"))
+    codes = torch.Generator().manual_seed(1)
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        experts, inputs, outputs = tensors.pop(name).shape  # the model's [experts, in, out]
+        tensors[name + "_blocks"] = torch.randint(0, 256, (experts, outputs, inputs // 32, 16), generator=codes,
+                                                  dtype=torch.uint8)
+        tensors[name + "_scales"] = torch.randint(118, 130, (experts, outputs, inputs // 32), generator=codes,
+                                                  dtype=torch.uint8)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    saved = json.loads((directory / "config.json").read_text())
+    saved["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (directory / "config.json").write_text(json.dumps(saved))
+    reference = in_memory(cls.from_pretrained(directory))  # transformers dequantizes on a CPU-only machine
+    assert not hasattr(reference.config, "quantization_config")
+    assert reference.model.layers[0].mlp.experts.gate_up_proj.dtype == torch.bfloat16
+    _run_like(reference, directory, tmp_path)
 
 
 def test_a_float8_weight_without_its_scales_is_named(tmp_path):

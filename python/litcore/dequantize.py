@@ -1,12 +1,15 @@
 """A pre-quantized checkpoint's tensors as the plain weights its model holds.
 
-transformers, on a machine without a GPU, loads an FP8 checkpoint (quant_method "fp8": each
-float8 weight beside a per-block `weight_scale_inv`) by dequantizing it into the model's
-dtype and building the model's plain layers, without its quantization_config. litcore does
-the same, once, when it converts the checkpoint: the .lit file holds the plain weights (twice
-the float8 bytes in bfloat16), under the model's names, and the model runs as transformers
-runs it, `torch.equal` to it. Each weight is dequantized on its own as it is written, so an
-MoE layer's experts are still converted one at a time.
+transformers, on a machine without a GPU, loads two kinds of pre-quantized checkpoints by
+dequantizing them into the model's dtype and building the model's plain layers, without its
+quantization_config: FP8 (quant_method "fp8": each float8 weight beside a per-block
+`weight_scale_inv`; DeepSeek-V3, the Qwen3 FP8 releases) and MXFP4 (quant_method "mxfp4":
+an MoE layer's experts as `<name>_blocks`, two 4-bit values per byte, and `<name>_scales`,
+one power-of-two exponent per 32 values; gpt-oss). litcore does the same, once, when it
+converts the checkpoint: the .lit file holds the plain weights (bfloat16 is twice float8's
+bytes, four times MXFP4's) under the model's names, and the model runs as transformers runs
+it, `torch.equal` to it. Each weight is dequantized as it is written, and MXFP4 experts one
+expert at a time, so a conversion holds one layer's quantized tensor in memory at most.
 """
 from __future__ import annotations
 
@@ -23,8 +26,11 @@ __all__ = ["DEQUANTIZED_METHODS", "quantization_method", "plain_config", "dequan
 
 # The quant_methods whose checkpoints litcore converts to plain weights. Others (GPTQ, AWQ,
 # bitsandbytes...) are refused before anything is converted.
-DEQUANTIZED_METHODS = ("fp8",)
-SCALE_SUFFIX = "_scale_inv"  # "layers.0.mlp.up_proj.weight" -> "layers.0.mlp.up_proj.weight_scale_inv"
+DEQUANTIZED_METHODS = ("fp8", "mxfp4")
+SCALE_SUFFIX = "_scale_inv"  # FP8: "layers.0.mlp.up_proj.weight" -> "layers.0.mlp.up_proj.weight_scale_inv"
+BLOCKS_SUFFIX, EXPONENTS_SUFFIX = "_blocks", "_scales"  # MXFP4: "experts.down_proj" <- "experts.down_proj_blocks"...
+# The 16 values of a 4-bit E2M1 code (sign, 2 exponent bits, 1 mantissa bit).
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 DROPPED_SUFFIXES = (".activation_scale", ".input_scale")  # static activation scales: a plain layer has none
 FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
                if hasattr(torch, n))
@@ -85,11 +91,12 @@ def directory_dequantization(src: str) -> Optional[torch.dtype]:
 
 def dequantized_plans(plans: List[TensorPlan], into: torch.dtype, target: Optional[torch.dtype],
                       original: Optional[Dict[str, str]] = None) -> List[TensorPlan]:
-    """`plans` with each float8 tensor that has a `<name>_scale_inv` beside it dequantized into
-    `into` (then stored in `target`, if given, as any floating-point tensor), its scales and
-    any static activation scales dropped. Plans that only describe (no `read`) stay so.
-    `original` (name -> dtype before conversion) gets the float8 tensors' dtype. A float8
-    tensor without scales raises ValueError naming it."""
+    """`plans` with each float8 tensor that has a `<name>_scale_inv` beside it, and each pair
+    `<name>_blocks` + `<name>_scales` (MXFP4), dequantized into `into` (then stored in
+    `target`, if given, as any floating-point tensor), their scales and any static activation
+    scales dropped. Plans that only describe (no `read`) stay so. `original` (name -> dtype
+    before conversion) gets the quantized tensors' dtype. A float8 tensor without scales
+    raises ValueError naming it."""
     by_name = {p.name: p for p in plans}
     final = dtypes.converted(into, target)
     out: List[TensorPlan] = []
@@ -98,6 +105,15 @@ def dequantized_plans(plans: List[TensorPlan], into: torch.dtype, target: Option
             continue
         if plan.name.endswith(DROPPED_SUFFIXES):
             continue
+        if plan.name.endswith(EXPONENTS_SUFFIX) and plan.name[:-len(EXPONENTS_SUFFIX)] + BLOCKS_SUFFIX in by_name:
+            continue
+        if plan.name.endswith(BLOCKS_SUFFIX):
+            exponents = by_name.get(plan.name[:-len(BLOCKS_SUFFIX)] + EXPONENTS_SUFFIX)
+            if exponents is not None:
+                if original is not None:
+                    original[plan.name[:-len(BLOCKS_SUFFIX)]] = "mxfp4"
+                out.append(_mxfp4_dequantized(plan, exponents, final))
+                continue
         scales = by_name.get(plan.name + SCALE_SUFFIX)
         if scales is None:
             if plan.dtype in FLOAT8:
@@ -141,3 +157,43 @@ def dequantize(quantized: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
     m, n = rows // scale_rows, cols // scale_cols
     blocks = q.reshape(-1, scale_rows, m, scale_cols, n) * s.reshape(-1, scale_rows, 1, scale_cols, 1)
     return blocks.to(dtype).reshape(quantized.shape).contiguous()
+
+
+def _mxfp4_dequantized(blocks: TensorPlan, exponents: TensorPlan, dtype: torch.dtype) -> TensorPlan:
+    name = blocks.name[:-len(BLOCKS_SUFFIX)]
+    if len(blocks.shape) != 4 or tuple(exponents.shape) != tuple(blocks.shape[:3]):
+        raise ValueError(f"litcore: checkpoint tensors '{blocks.name}' {list(blocks.shape)} and '{exponents.name}' "
+                         f"{list(exponents.shape)} are not MXFP4 experts (blocks [experts, rows, groups, 16], "
+                         "scales [experts, rows, groups])")
+    experts, rows, groups, width = blocks.shape
+    shape = (experts, groups * width * 2, rows)  # the model's layout: [experts, in, out]
+    if blocks.read is None or exponents.read is None:
+        return TensorPlan(name, dtype, shape)
+
+    def read() -> torch.Tensor:
+        return dequantize_mxfp4(blocks.read(), exponents.read(), dtype, name)
+
+    def produce(writer, i: int) -> None:
+        packed, scales = blocks.read(), exponents.read()
+        for e in range(experts):  # one expert's bf16 at a time beside the packed layer
+            writer.append(i, dequantize_mxfp4(packed[e:e + 1], scales[e:e + 1], dtype, name))
+
+    return TensorPlan(name, dtype, shape, produce=produce, read=read)
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, name: str = "tensor") -> torch.Tensor:
+    """MXFP4 experts: `blocks` [experts, rows, groups, 16] bytes, each two E2M1 codes (low
+    nibble first), `scales` [experts, rows, groups] exponents biased by 127, one per 32
+    values; into `dtype` as [experts, groups * 32, rows], the layout of the model's experts,
+    as transformers computes it (each value exact: a code times a power of two)."""
+    if blocks.dim() != 4 or tuple(blocks.shape[:-1]) != tuple(scales.shape):
+        raise ValueError(f"litcore: '{name}': MXFP4 blocks {list(blocks.shape)} do not match scales "
+                         f"{list(scales.shape)}")
+    codes = blocks.to(torch.uint8).reshape(-1, blocks.shape[-1])
+    lut = torch.tensor(FP4_VALUES, dtype=dtype)
+    out = torch.empty(codes.shape[0], codes.shape[1] * 2, dtype=dtype)
+    out[:, 0::2] = lut[(codes & 0x0F).to(torch.int)]
+    out[:, 1::2] = lut[(codes >> 4).to(torch.int)]
+    torch.ldexp(out, scales.to(torch.int32).reshape(-1, 1) - 127, out=out)
+    experts, rows, groups, width = blocks.shape
+    return out.reshape(experts, rows, groups * width * 2).transpose(1, 2).contiguous()

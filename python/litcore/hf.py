@@ -166,8 +166,8 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
     `verify="none"`), and a corrupt one is converted again with a warning.
     `verify` is otherwise LitModule.from_params's (default "none"). `dtype` converts
     floating-point weights (a .lit file of another dtype is converted into the cache too).
-    `model_class` and `config` override what config.json names. An FP8 checkpoint is
-    converted to the plain weights transformers dequantizes it into (litcore.dequantize);
+    `model_class` and `config` override what config.json names. An FP8 or MXFP4 checkpoint
+    is converted to the plain weights transformers dequantizes it into (litcore.dequantize);
     one quantized any other way raises ValueError before anything is converted. The other
     options are LitModule.from_params's.
     """

@@ -112,13 +112,16 @@ MOE_CONFIG = dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=6, 
 
 
 def test_a_mixture_of_experts_model_within_its_budget(tmp_path):
-    """Fused experts (25 MiB a layer here, most of the model) stream as one unit each: the
-    footprint holds as for a dense model (59-70 MiB over 64 MiB measured)."""
+    """Fused experts (25 MiB a layer here, most of the model) stream as one unit each, read
+    by their routing: the footprint holds as for a dense model (59-70 MiB over 64 MiB
+    measured)."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
     litcore.save(MixtralForCausalLM(MixtralConfig(**MOE_CONFIG)).state_dict(), tmp_path / "moe.lit", dtype="bfloat16")
     assert os.path.getsize(tmp_path / "moe.lit") > 2.5 * BUDGET
     result = _run(tmp_path / "moe.lit", "sendfile", family="Mixtral", config=MOE_CONFIG)
-    assert result["bytes_read"] > 2 * BUDGET  # the experts streamed
+    # The experts streamed: the last forward, one generated token, read the 2 experts of 8
+    # it was routed to in each layer (the whole layers are 150 MiB).
+    assert 0 < result["bytes_read"] < 2 * BUDGET
     assert result["peak"] - result["before"] <= BUDGET + max(64 << 20, BUDGET * 3 // 100), result

@@ -47,8 +47,8 @@ std::vector<Unit> to_units(const std::vector<UnitTuple>& units) {
 
 PassRates to_rates(const RatesTuple& r) { return {std::get<0>(r), std::get<1>(r), std::get<2>(r)}; }
 
-// (name, stored tensor names, streamable, lookup): a UnitSpec as Python passes it.
-using UnitSpecTuple = std::tuple<std::string, std::vector<std::string>, bool, bool>;
+// (name, stored tensor names, streamable, lookup, experts): a UnitSpec as Python passes it.
+using UnitSpecTuple = std::tuple<std::string, std::vector<std::string>, bool, bool, int>;
 
 // Each unit's (offset, length) byte ranges, as Store.byte_ranges gives them.
 using RangesList = std::vector<std::vector<std::pair<uint64_t, uint64_t>>>;
@@ -67,7 +67,9 @@ std::vector<std::vector<ByteRange>> to_ranges(const RangesList& units) {
 
 std::vector<UnitSpec> to_specs(const std::vector<UnitSpecTuple>& units) {
   std::vector<UnitSpec> specs;
-  for (const auto& [name, tensors, streamable, lookup] : units) specs.push_back({name, tensors, streamable, lookup});
+  for (const auto& [name, tensors, streamable, lookup, experts] : units) {
+    specs.push_back({name, tensors, streamable, lookup, experts});
+  }
   return specs;
 }
 
@@ -251,7 +253,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("read_mode") = "sendfile", py::arg("warm_up") = true, py::arg("adapt") = true,
            py::arg("verify") = "none")
       .def("begin", &Engine::begin, py::arg("restart") = false, py::call_guard<py::gil_scoped_release>())
-      .def("enter", &Engine::enter, py::call_guard<py::gil_scoped_release>())
+      .def("enter", py::overload_cast<int>(&Engine::enter), py::call_guard<py::gil_scoped_release>())
+      .def("enter_experts", py::overload_cast<int, const std::vector<int64_t>&>(&Engine::enter),
+           py::call_guard<py::gil_scoped_release>())
+      .def("routed_units", &Engine::routed_units)
       .def("exit", &Engine::exit, py::call_guard<py::gil_scoped_release>())
       .def("end", &Engine::end, py::arg("failed") = false, py::call_guard<py::gil_scoped_release>())
       .def("replan", [](Engine& e, const RatesTuple& rates) {

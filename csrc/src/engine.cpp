@@ -100,6 +100,19 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     for (const auto& [offset, length] : store_->byte_ranges(names)) ranges.push_back({offset, length});
     ranges_.push_back(std::move(ranges));
   }
+  // Routed units are read by their routing where the read path reads exact byte ranges
+  // through the page cache: direct reads put whole pages in place, and lazy checks hash
+  // whole tensors, so there they are read whole. A unit whose tensors do not split evenly
+  // into its experts is read whole too.
+  bool parts_readable = options_.verify != Verify::Lazy &&
+                        resolve_read_mode(options_.read_mode, *store_->mapping()) != ReadMode::Direct;
+  experts_.assign(units_.size(), 0);
+  for (size_t i = 0; i < units_.size(); ++i) {
+    int n = specs[i].experts;
+    bool even = n > 1 && units_[i].streamable && !units_[i].on_demand;
+    for (const auto& r : ranges_[i]) even = even && r.length % static_cast<uint64_t>(n) == 0;
+    if (even && parts_readable) experts_[i] = n;
+  }
   if (options_.verify == Verify::Full) {
     for (const auto& names : tensors_) store_->verify_once(names);
   }
@@ -126,6 +139,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     po.threads = options_.threads;
     po.read_mode = options_.read_mode;
     for (const auto& u : units_) po.on_demand.push_back(u.on_demand);
+    for (int n : experts_) po.deferred.push_back(n > 0);
     if (options_.verify == Verify::Lazy) po.after_read = [this](int unit) { store_->verify_once(tensors_[unit]); };
     prefetcher_ = std::make_unique<Prefetcher>(store_->mapping(), ranges_, po);
     prefetcher_->set_lookup_cache(lookup_cache_bytes(plan_));
@@ -187,7 +201,44 @@ void Engine::begin(bool restart) {
   started_ = Clock::now();
 }
 
-void Engine::enter(int unit) {
+void Engine::enter(int unit) { enter_unit(unit, nullptr); }
+
+void Engine::enter(int unit, const std::vector<int64_t>& experts) { enter_unit(unit, &experts); }
+
+std::vector<std::pair<int, int>> Engine::routed_units() const {
+  std::vector<std::pair<int, int>> out;
+  for (size_t i = 0; i < experts_.size(); ++i) {
+    if (experts_[i] > 0) out.emplace_back(static_cast<int>(i), experts_[i]);
+  }
+  return out;
+}
+
+std::vector<ByteRange> Engine::expert_parts(int unit, const std::vector<int64_t>* experts) const {
+  if (experts == nullptr) return ranges_[unit];
+  int n = experts_[unit];
+  std::vector<bool> chosen(static_cast<size_t>(n), false);
+  for (int64_t e : *experts) {
+    if (e >= 0 && e < n) chosen[static_cast<size_t>(e)] = true;
+  }
+  // Each tensor stacks the experts along its first dimension: expert e's slice is the e-th
+  // of n equal parts. Neighbouring chosen slices are one read.
+  std::vector<ByteRange> parts;
+  for (const auto& r : ranges_[unit]) {
+    uint64_t slice = r.length / static_cast<uint64_t>(n);
+    for (int e = 0; e < n; ++e) {
+      if (!chosen[static_cast<size_t>(e)]) continue;
+      uint64_t offset = r.offset + slice * static_cast<uint64_t>(e);
+      if (!parts.empty() && parts.back().offset + parts.back().length == offset) {
+        parts.back().length += slice;
+      } else {
+        parts.push_back({offset, slice});
+      }
+    }
+  }
+  return parts;
+}
+
+void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
   if (unit < 0 || static_cast<size_t>(unit) >= units_.size()) {
     throw std::out_of_range("litcore: unit " + std::to_string(unit) + " out of range (" +
                             std::to_string(units_.size()) + " units)");
@@ -211,6 +262,9 @@ void Engine::enter(int unit) {
   }
   try {
     prefetcher_->wait(unit);
+    // A routed unit's experts are read now that its routing is known (the readers claimed
+    // its room in the window and read nothing of it).
+    if (experts_[unit] > 0) prefetcher_->read_parts(unit, expert_parts(unit, experts));
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::find(open_.rbegin(), open_.rend(), unit);

@@ -59,6 +59,11 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
                                 std::to_string(options_.on_demand.size()) + " on-demand flags");
   }
   options_.on_demand.resize(units_.size(), false);
+  if (!options_.deferred.empty() && options_.deferred.size() != units_.size()) {
+    throw std::invalid_argument("litcore: prefetcher has " + std::to_string(units_.size()) + " units but " +
+                                std::to_string(options_.deferred.size()) + " deferred flags");
+  }
+  options_.deferred.resize(units_.size(), false);
   options_.read_mode = resolve_read_mode(options_.read_mode, *mapping_);
   read_mode_ = options_.read_mode;
   for (size_t g = 0; g < units_.size(); ++g) {
@@ -185,11 +190,12 @@ void Prefetcher::set_window(uint64_t window_bytes) {
 }
 
 std::vector<ByteRange> Prefetcher::ranges_to_read(const std::vector<int>& units) const {
-  // On-demand units' pages come in by fault, only those touched.
+  // On-demand units' pages come in by fault, only those touched; deferred units' parts are
+  // read by their caller.
   std::vector<ByteRange> ranges;
   for (int unit : units) {
     const auto& own = direct() ? runs_[unit] : units_[unit];
-    if (!options_.on_demand[unit]) ranges.insert(ranges.end(), own.begin(), own.end());
+    if (read_whole(unit)) ranges.insert(ranges.end(), own.begin(), own.end());
   }
   // In file order: a group's units, and a unit's own tensors, may be stored in any order.
   sort_by_offset(ranges);
@@ -240,10 +246,10 @@ void Prefetcher::claim_locked(const std::vector<int>& units) {
 }
 
 void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<std::mutex>& lock) {
-  uint64_t first = UINT64_MAX, end = 0, cost = 0;
+  uint64_t first = UINT64_MAX, end = 0, cost = 0;  // cost: the bytes this read brings in
   for (int unit : units) {
+    if (!read_whole(unit)) continue;
     cost += cost_[unit];
-    if (cost_[unit] == 0) continue;
     ByteRange extent = extent_of(units_[unit]);
     first = std::min(first, extent.offset);
     end = std::max(end, extent.offset + extent.length);
@@ -273,7 +279,7 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
   }
   for (size_t i = 0; i < units.size() && !error; ++i) {
     try {
-      if (options_.after_read && cost_[units[i]] > 0) options_.after_read(units[i]);
+      if (options_.after_read && read_whole(units[i])) options_.after_read(units[i]);
     } catch (...) {
       errors[i] = std::current_exception();
     }
@@ -282,7 +288,7 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
   lock.lock();
   for (size_t i = 0; i < units.size(); ++i) {
     int unit = units[i];
-    if (cost_[unit] > 0) unbilled_[unit] = true;
+    if (read_whole(unit)) unbilled_[unit] = true;
     if (!streamed_[unit]) {
       // A new plan made it resident while it was read: its pages stay, and its share of the
       // window is given back (kept, it would shrink the window for good: set_order() only
@@ -305,6 +311,31 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
     }
   }
   ready_cv_.notify_all();
+}
+
+void Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
+  check_unit(unit);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!streamed_[unit] || !options_.deferred[unit]) return;
+  }
+  uint64_t bytes = 0;
+  for (const auto& r : parts) {
+    if (r.offset < mapping_->size() && r.length <= mapping_->size() - r.offset) continue;
+    throw std::out_of_range("litcore: a part of unit " + std::to_string(unit) + " lies outside '" +
+                            mapping_->path() + "'");
+  }
+  auto start = Clock::now();
+  for (const auto& r : parts) {
+    mapping_->fill_and_map_small(r.offset, r.length);
+    bytes += r.length;
+  }
+  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.bytes_read += bytes;
+  stats_.timed_bytes += bytes;
+  stats_.read_seconds += seconds;
+  stats_.wait_seconds += seconds;  // the forward waits for its own reads
 }
 
 void Prefetcher::bill_locked(int unit) {

@@ -41,7 +41,8 @@ class UnitBinding:
 # Modules that read their weight by row lookup: a forward touches a few pages of it.
 LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
-UnitSpec = Tuple[str, List[str], bool, bool]  # the engine's unit: name, stored tensors, streamable, lookup
+# The engine's unit: name, stored tensors, streamable, lookup, experts (routed: see routed_experts).
+UnitSpec = Tuple[str, List[str], bool, bool, int]
 
 
 @dataclass
@@ -69,7 +70,20 @@ def unit_spec(root: nn.Module, name: str, module: nn.Module, keys: List[str], ha
     whose children hold no stored tensors (a mixture-of-experts block's experts, with their
     activation function as a child) is a leaf here: its weights are used while it runs."""
     leaf = module is not root and not any(_holds_stored_tensors(c) for c in module.children())
-    return (name or "<root>", list(keys), leaf and not has_buffers, lookups and isinstance(module, LOOKUP_MODULES))
+    return (name or "<root>", list(keys), leaf and not has_buffers, lookups and isinstance(module, LOOKUP_MODULES),
+            routed_experts(module))
+
+
+def routed_experts(module: nn.Module) -> int:
+    """A mixture-of-experts layer's experts as transformers builds them (`num_experts`, and
+    its weights stacked per expert: 3-D, the experts first; biases 2-D): their number, for
+    the engine to read only the experts a forward's routing chose; 0 for any other module."""
+    n = getattr(module, "num_experts", None)
+    params = list(module.parameters(recurse=False))
+    if not isinstance(n, int) or n < 2 or not params:
+        return 0
+    stacked = all(p.dim() >= 2 and p.shape[0] == n for p in params) and any(p.dim() >= 3 for p in params)
+    return n if stacked else 0
 
 
 def _kind(dtype: torch.dtype) -> str:

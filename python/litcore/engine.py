@@ -54,6 +54,7 @@ class Engine:
         self.units: List[Unit] = [Unit(*u) for u in self.native.units()]
         self.begin = self.native.begin
         self.enter = self.native.enter
+        self.enter_experts = self.native.enter_experts
         self.exit = self.native.exit
         self.end = self.native.end
 
@@ -65,6 +66,11 @@ class Engine:
         or the warm-up is still reading (a cold unit's forward then waits for its read)."""
         hooked = self.native.streams() or self.native.warming_up()
         return [i for i, u in enumerate(self.units) if u.streamable] if hooked else []
+
+    def routed_units(self) -> List[int]:
+        """Streamable units read by their routing when they stream (a mixture-of-experts
+        layer's experts): their hooks pass the experts each forward chose (`enter_experts`)."""
+        return [unit for unit, _ in self.native.routed_units()]
 
     def passes(self) -> List[Dict[str, Any]]:
         return self.native.passes()
@@ -84,5 +90,5 @@ class Engine:
 
     def close(self) -> None:
         """Stops the reader threads (also done when the engine is collected)."""
-        self.native = self.begin = self.enter = self.exit = self.end = None  # type: ignore[assignment]
+        self.native = self.begin = self.enter = self.enter_experts = self.exit = self.end = None  # type: ignore[assignment]
 

@@ -100,7 +100,8 @@ class LitModule:
         hooked = {i: binding.units[i].module for i in self.engine.hooked_units()}
         # Apart from the pass bounds: removed once nothing needs them (a warm-up that ended).
         # First, so that a root module that is a unit exits before the pass ends.
-        self._unit_handles = hooks.install_units(hooked, self.engine)
+        routed = self.engine.routed_units() if isinstance(self.engine, Engine) else ()
+        self._unit_handles = hooks.install_units(hooked, self.engine, routed)
         self._handles = hooks.install(module, self.engine, self._report)
 
     @classmethod

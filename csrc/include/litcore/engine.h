@@ -35,6 +35,10 @@ struct UnitSpec {
   // unit shares).
   bool streamable = false;
   bool lookup = false;  // read by row lookup (an embedding): see Unit::on_demand
+  // A mixture-of-experts layer's experts: each of its tensors stacks this many experts'
+  // weights along its first dimension, and a forward uses those its routing chose
+  // (enter(unit, experts) reads only theirs). 0: not routed.
+  int experts = 0;
 };
 
 struct EngineOptions {
@@ -122,6 +126,14 @@ class Engine {
   void begin(bool restart = false);
   // `unit`'s module is about to run: blocks until its weights are in memory.
   void enter(int unit);
+  // The same for a routed unit (UnitSpec::experts) whose routing chose `experts`: where it
+  // streams, only those experts' slices are read (ids outside the unit are ignored). For
+  // any other unit, as enter(unit).
+  void enter(int unit, const std::vector<int64_t>& experts);
+  // Units read by their routing when they stream: unit -> its number of experts (none with
+  // direct reads, which read whole pages in place, or with lazy checks, which hash whole
+  // tensors).
+  std::vector<std::pair<int, int>> routed_units() const;
   // `unit`'s module has run: streamed weights leave memory.
   void exit(int unit);
   // The forward ended: records its statistics and, on the first forward or after a
@@ -175,11 +187,17 @@ class Engine {
   // (all but the units in `streamed`, which the prefetch reader checks as it reads them).
   void verify_unread(const std::vector<int>& streamed);
   std::vector<std::vector<ByteRange>> ranges_of(const std::vector<int>& units) const;
+  // Waits for `unit` and, for a routed one, reads the slices of `experts` (all of them
+  // where null); then binds it.
+  void enter_unit(int unit, const std::vector<int64_t>* experts);
+  // The byte ranges of `experts`' slices of routed `unit` (all of its ranges where null).
+  std::vector<ByteRange> expert_parts(int unit, const std::vector<int64_t>* experts) const;
 
   std::shared_ptr<Store> store_;
   std::vector<Unit> units_;
   std::vector<std::vector<std::string>> tensors_;  // stored (canonical) names per unit
   std::vector<std::vector<ByteRange>> ranges_;
+  std::vector<int> experts_;  // per unit: its experts where it is read by routing, else 0
   EngineOptions options_;
   std::unique_ptr<DeviceBackend> backend_;
   uint64_t budget_ = 0;

@@ -90,6 +90,11 @@ class Prefetcher {
     // Per unit (empty: none): read by lookup, so never read ahead; its pages come in by
     // fault during use, cost no window, and are dropped by done() like any streamed unit.
     std::vector<bool> on_demand;
+    // Per unit (empty: none): read in parts by its caller, after wait(), with read_parts()
+    // (a mixture-of-experts layer whose routing picks the experts it reads). It is claimed
+    // in the window whole, as any streamed unit, so the footprint stays the plan's; the
+    // readers never read it.
+    std::vector<bool> deferred;
     // Called on the reading thread right after a unit is read and mapped (the engine checks
     // checksums there); what it throws reaches the unit's wait().
     std::function<void(int)> after_read;
@@ -118,6 +123,12 @@ class Prefetcher {
   // A read that failed (on a reader thread or here) is thrown here, as IOError naming the
   // file; the unit is then not in use, and the next wait() reads it again.
   void wait(int unit);
+  // Reads `parts` (byte ranges inside deferred `unit`, which wait() returned for) on the
+  // calling thread: exactly their bytes, through the descriptor whose readahead is off,
+  // then mapped (Mapping::fill_and_map_small). Counted as this pass's reads and as IO
+  // wait. Nothing for a unit not streamed now (it is resident). Throws IOError naming the
+  // file.
+  void read_parts(int unit, const std::vector<ByteRange>& parts);
   // The caller is done with `unit`: a streamed unit is dropped from memory.
   void done(int unit);
   // Drops every streamed unit not in use (e.g. between runs).
@@ -154,6 +165,8 @@ class Prefetcher {
   // Drops a unit's pages (memory put in place is freed, the file mapped there again).
   void drop(int unit);
   bool direct() const { return read_mode_.load() == ReadMode::Direct; }
+  // Read whole by the readers: neither on-demand nor deferred.
+  bool read_whole(int unit) const { return !options_.on_demand[unit] && !options_.deferred[unit]; }
   // Counts a read unit's bytes in bytes_read, once per read.
   void bill_locked(int unit);
   // Moves past the front position of the order (consumed), and past any after it that were

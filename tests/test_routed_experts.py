@@ -1,0 +1,72 @@
+"""A mixture-of-experts layer's experts, streamed, are read by their routing: a forward
+reads only the slices of the experts its tokens were sent to, and stays `torch.equal` to
+the model in memory. Read modes that read whole tensors (direct reads, lazy checks) read
+every expert, as before."""
+import pytest
+import torch
+
+import litcore
+import litcore.hf
+
+transformers = pytest.importorskip("transformers")
+
+from models import in_memory, seeded  # noqa: E402
+
+EXPERTS, CHOSEN = 8, 2
+CONFIG = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=512, max_position_embeddings=128, num_local_experts=EXPERTS, num_experts_per_tok=CHOSEN)
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("routed") / "mixtral"
+    seeded(transformers.MixtralForCausalLM, transformers.MixtralConfig(**CONFIG)).save_pretrained(directory)
+    reference = in_memory(transformers.MixtralForCausalLM.from_pretrained(directory))
+    lit_path = litcore.hf.convert_pretrained(directory, directory.parent / "mixtral.lit", progress=False)
+    return directory, lit_path, reference
+
+
+def _load(mixtral, **options):
+    directory, lit_path, _ = mixtral
+    budget = litcore.plan_pretrained(directory, memory_budget="1GiB").total_bytes // 4
+    return litcore.from_pretrained(lit_path, memory_budget=budget, progress=False, **options)
+
+
+def _expected_reads(lit, chosen_per_layer: int) -> int:
+    """The bytes a forward whose tokens chose `chosen_per_layer` experts in every layer reads:
+    every streamed unit whole, but the experts' units that share."""
+    routed = set(lit.engine.routed_units())
+    return sum(unit.nbytes * chosen_per_layer // EXPERTS if i in routed else unit.nbytes
+               for i, unit in enumerate(lit.engine.units) if unit.name in lit.plan.streamed_modules)
+
+
+def test_a_token_reads_only_its_experts(mixtral):
+    lit = _load(mixtral)
+    reference = mixtral[2]
+    routed = [lit.engine.units[i].name for i in lit.engine.routed_units()]
+    assert routed == [f"model.layers.{i}.mlp.experts" for i in range(CONFIG["num_hidden_layers"])]
+    assert any(name in lit.plan.streamed_modules for name in routed)
+    prompt = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(lit(prompt).logits, reference(prompt).logits)  # the first forward learns the order
+        for seed in range(3):
+            token = torch.randint(3, 500, (1, 1), generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(lit(token).logits, reference(token).logits)
+            # one token goes to exactly CHOSEN experts in each layer
+            assert lit.stats()["last"]["bytes_read"] == _expected_reads(lit, CHOSEN)
+        assert torch.equal(lit(prompt).logits, reference(prompt).logits)
+        want = reference.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(lit.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), want)
+
+
+@pytest.mark.parametrize("options", [{"read_mode": "direct"}, {"verify": "lazy"}], ids=["direct", "lazy-checks"])
+def test_whole_tensor_read_paths_read_every_expert(mixtral, options):
+    lit = _load(mixtral, **options)
+    reference = mixtral[2]
+    prompt = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(0))
+    token = prompt[:, :1]
+    with torch.no_grad():
+        assert torch.equal(lit(prompt).logits, reference(prompt).logits)
+        assert torch.equal(lit(token).logits, reference(token).logits)
+    assert lit.engine.routed_units() == []
+    assert lit.stats()["last"]["bytes_read"] == _expected_reads(lit, EXPERTS)

@@ -2,6 +2,8 @@
 reads only the slices of the experts its tokens were sent to, and stays `torch.equal` to
 the model in memory. Read modes that read whole tensors (direct reads, lazy checks) read
 every expert, as before."""
+import ctypes
+
 import pytest
 import torch
 
@@ -70,3 +72,36 @@ def test_whole_tensor_read_paths_read_every_expert(mixtral, options):
         assert torch.equal(lit(token).logits, reference(token).logits)
     assert lit.engine.routed_units() == []
     assert lit.stats()["last"]["bytes_read"] == _expected_reads(lit, EXPERTS)
+
+
+def _in_memory_fraction(t: torch.Tensor) -> float:
+    """The share of `t`'s pages in memory (mincore over the mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = t.data_ptr() & ~4095
+    length = (t.data_ptr() + t.numel() * t.element_size() - start + 4095) & ~4095
+    pages = (ctypes.c_ubyte * (length // 4096))()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), pages) == 0, ctypes.get_errno()
+    return sum(p & 1 for p in pages) / len(pages)
+
+
+def test_the_chosen_experts_are_in_memory_when_they_compute(mixtral):
+    """Each tensor stacks the experts: the slices read are the chosen experts' own, in every
+    tensor of the layer (a forward that computed with others would fault them in itself)."""
+    lit = _load(mixtral)
+    seen = []
+
+    def check(module, args):  # runs after litcore's pre-hook has read the chosen experts
+        chosen = sorted(set(args[1].flatten().tolist()))
+        seen.append([(e, _in_memory_fraction(module.gate_up_proj[e]), _in_memory_fraction(module.down_proj[e]))
+                     for e in chosen])
+
+    streamed = [m for name, m in lit.module.named_modules() if name in lit.plan.streamed_modules and name.endswith("experts")]
+    assert streamed
+    for module in streamed:
+        module.register_forward_pre_hook(check)
+    with torch.no_grad():
+        lit(torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(0)))
+        seen.clear()
+        lit(torch.randint(3, 500, (1, 1), generator=torch.Generator().manual_seed(1)))
+    assert len(seen) == len(streamed)
+    assert all(gate_up == 1.0 and down == 1.0 for layer in seen for _, gate_up, down in layer), seen

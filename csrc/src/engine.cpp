@@ -107,11 +107,20 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   bool parts_readable = options_.verify != Verify::Lazy &&
                         resolve_read_mode(options_.read_mode, *store_->mapping()) != ReadMode::Direct;
   experts_.assign(units_.size(), 0);
+  expert_tensors_.resize(units_.size());
   for (size_t i = 0; i < units_.size(); ++i) {
     int n = specs[i].experts;
-    bool even = n > 1 && units_[i].streamable && !units_[i].on_demand;
-    for (const auto& r : ranges_[i]) even = even && r.length % static_cast<uint64_t>(n) == 0;
-    if (even && parts_readable) experts_[i] = n;
+    bool even = n > 1 && units_[i].streamable && !units_[i].on_demand && parts_readable;
+    // Per tensor: a unit's byte ranges merge tensors stored back to back.
+    std::vector<ByteRange> tensors;
+    for (const auto& name : tensors_[i]) {
+      const TensorInfo& t = store_->info(name);
+      even = even && t.nbytes % static_cast<uint64_t>(std::max(n, 1)) == 0;
+      tensors.push_back({t.offset, t.nbytes});
+    }
+    if (!even) continue;
+    experts_[i] = n;
+    expert_tensors_[i] = std::move(tensors);
   }
   if (options_.verify == Verify::Full) {
     for (const auto& names : tensors_) store_->verify_once(names);
@@ -223,7 +232,7 @@ std::vector<ByteRange> Engine::expert_parts(int unit, const std::vector<int64_t>
   // Each tensor stacks the experts along its first dimension: expert e's slice is the e-th
   // of n equal parts. Neighbouring chosen slices are one read.
   std::vector<ByteRange> parts;
-  for (const auto& r : ranges_[unit]) {
+  for (const auto& r : expert_tensors_[unit]) {
     uint64_t slice = r.length / static_cast<uint64_t>(n);
     for (int e = 0; e < n; ++e) {
       if (!chosen[static_cast<size_t>(e)]) continue;

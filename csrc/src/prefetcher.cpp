@@ -213,6 +213,10 @@ void Prefetcher::read(const std::vector<int>& units) {
     read_mode_ = ReadMode::Sendfile;
     ranges.erase(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(placed));
   }
+  read_cached(ranges);
+}
+
+void Prefetcher::read_cached(const std::vector<ByteRange>& ranges) {
   for (const auto& r : ranges) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
@@ -326,10 +330,11 @@ void Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
                             mapping_->path() + "'");
   }
   auto start = Clock::now();
-  for (const auto& r : parts) {
-    mapping_->fill_and_map_small(r.offset, r.length);
-    bytes += r.length;
-  }
+  // Through the file's readahead, as the readers read: what it reads past a part lies in the
+  // unit's own room (its other experts) and leaves with it. Reads of exactly the parts were
+  // slower (docs/benchmarks.md, "Routed experts").
+  read_cached(parts);
+  for (const auto& r : parts) bytes += r.length;
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   std::lock_guard<std::mutex> lock(mu_);
   stats_.bytes_read += bytes;

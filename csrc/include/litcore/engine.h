@@ -198,6 +198,7 @@ class Engine {
   std::vector<std::vector<std::string>> tensors_;  // stored (canonical) names per unit
   std::vector<std::vector<ByteRange>> ranges_;
   std::vector<int> experts_;  // per unit: its experts where it is read by routing, else 0
+  std::vector<std::vector<ByteRange>> expert_tensors_;  // a routed unit's tensors, each stacking its experts
   EngineOptions options_;
   std::unique_ptr<DeviceBackend> backend_;
   uint64_t budget_ = 0;

@@ -124,10 +124,9 @@ class Prefetcher {
   // file; the unit is then not in use, and the next wait() reads it again.
   void wait(int unit);
   // Reads `parts` (byte ranges inside deferred `unit`, which wait() returned for) on the
-  // calling thread: exactly their bytes, through the descriptor whose readahead is off,
-  // then mapped (Mapping::fill_and_map_small). Counted as this pass's reads and as IO
-  // wait. Nothing for a unit not streamed now (it is resident). Throws IOError naming the
-  // file.
+  // calling thread, the way the readers read (the read mode's path), then maps them.
+  // Counted as this pass's reads and as IO wait. Nothing for a unit not streamed now (it is
+  // resident). Throws IOError naming the file.
   void read_parts(int unit, const std::vector<ByteRange>& parts);
   // The caller is done with `unit`: a streamed unit is dropped from memory.
   void done(int unit);
@@ -154,6 +153,8 @@ class Prefetcher {
   std::vector<ByteRange> ranges_to_read(const std::vector<int>& units) const;
   // Reads `units` (one read group) in file order and maps them.
   void read(const std::vector<int>& units);
+  // Reads `ranges` into the page cache the read mode's way and maps them.
+  void read_cached(const std::vector<ByteRange>& ranges);
   // Marks `units` Loading: their bytes count in the window from now on.
   void claim_locked(const std::vector<int>& units);
   // Reads claimed `units` with `lock` released, marks them Ready.

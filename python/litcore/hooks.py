@@ -44,6 +44,7 @@ def install_units(units: Dict[int, nn.Module], engine, routed: Collection[int] =
     experts their routing chose: the integer tensor among their arguments (transformers'
     `top_k_index`); without one, the unit is entered whole."""
     handles: List[RemovableHandle] = []
+    routed = set(routed)
     for uid, module in units.items():
         def pre(module: nn.Module, args: tuple, uid: int = uid) -> None:
             engine.enter(uid)

@@ -108,14 +108,15 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
                         resolve_read_mode(options_.read_mode, *store_->mapping()) != ReadMode::Direct;
   experts_.assign(units_.size(), 0);
   expert_tensors_.resize(units_.size());
-  for (size_t i = 0; i < units_.size(); ++i) {
+  for (size_t i = 0; i < units_.size() && parts_readable; ++i) {
     int n = specs[i].experts;
-    bool even = n > 1 && units_[i].streamable && !units_[i].on_demand && parts_readable;
+    if (n < 2 || !units_[i].streamable || units_[i].on_demand) continue;
     // Per tensor: a unit's byte ranges merge tensors stored back to back.
     std::vector<ByteRange> tensors;
+    bool even = true;
     for (const auto& name : tensors_[i]) {
       const TensorInfo& t = store_->info(name);
-      even = even && t.nbytes % static_cast<uint64_t>(std::max(n, 1)) == 0;
+      even = even && t.nbytes % static_cast<uint64_t>(n) == 0;
       tensors.push_back({t.offset, t.nbytes});
     }
     if (!even) continue;
@@ -214,10 +215,10 @@ void Engine::enter(int unit) { enter_unit(unit, nullptr); }
 
 void Engine::enter(int unit, const std::vector<int64_t>& experts) { enter_unit(unit, &experts); }
 
-std::vector<std::pair<int, int>> Engine::routed_units() const {
-  std::vector<std::pair<int, int>> out;
+std::vector<int> Engine::routed_units() const {
+  std::vector<int> out;
   for (size_t i = 0; i < experts_.size(); ++i) {
-    if (experts_[i] > 0) out.emplace_back(static_cast<int>(i), experts_[i]);
+    if (experts_[i] > 0) out.push_back(static_cast<int>(i));
   }
   return out;
 }

@@ -325,16 +325,17 @@ void Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
   }
   uint64_t bytes = 0;
   for (const auto& r : parts) {
-    if (r.offset < mapping_->size() && r.length <= mapping_->size() - r.offset) continue;
-    throw std::out_of_range("litcore: a part of unit " + std::to_string(unit) + " lies outside '" +
-                            mapping_->path() + "'");
+    if (r.offset > mapping_->size() || r.length > mapping_->size() - r.offset) {
+      throw std::out_of_range("litcore: a part of unit " + std::to_string(unit) + " lies outside '" +
+                              mapping_->path() + "'");
+    }
+    bytes += r.length;
   }
   auto start = Clock::now();
   // Through the file's readahead, as the readers read: what it reads past a part lies in the
   // unit's own room (its other experts) and leaves with it. Reads of exactly the parts were
   // slower (docs/benchmarks.md, "Routed experts").
   read_cached(parts);
-  for (const auto& r : parts) bytes += r.length;
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   std::lock_guard<std::mutex> lock(mu_);
   stats_.bytes_read += bytes;

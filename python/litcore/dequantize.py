@@ -57,7 +57,8 @@ def plain_config(config: Any, src: str) -> Any:
     if method not in DEQUANTIZED_METHODS:
         raise ValueError(f"litcore: '{src}' is a pre-quantized checkpoint (its config's quantization_config has "
                          f"quant_method '{method}'): litcore runs plain weights (float32, float16, bfloat16) and "
-                         f"converts FP8 ('fp8') checkpoints to them; use the model's unquantized checkpoint")
+                         f"converts {' and '.join(repr(m) for m in DEQUANTIZED_METHODS)} checkpoints to them; use "
+                         f"the model's unquantized checkpoint")
     if isinstance(config, dict):
         return {k: v for k, v in config.items() if k != "quantization_config"}
     import copy

@@ -70,7 +70,7 @@ class Engine:
     def routed_units(self) -> List[int]:
         """Streamable units read by their routing when they stream (a mixture-of-experts
         layer's experts): their hooks pass the experts each forward chose (`enter_experts`)."""
-        return [unit for unit, _ in self.native.routed_units()]
+        return self.native.routed_units()
 
     def passes(self) -> List[Dict[str, Any]]:
         return self.native.passes()

@@ -130,10 +130,9 @@ class Engine {
   // streams, only those experts' slices are read (ids outside the unit are ignored). For
   // any other unit, as enter(unit).
   void enter(int unit, const std::vector<int64_t>& experts);
-  // Units read by their routing when they stream: unit -> its number of experts (none with
-  // direct reads, which read whole pages in place, or with lazy checks, which hash whole
-  // tensors).
-  std::vector<std::pair<int, int>> routed_units() const;
+  // Units read by their routing when they stream (none with direct reads, which read whole
+  // pages in place, or with lazy checks, which hash whole tensors).
+  std::vector<int> routed_units() const;
   // `unit`'s module has run: streamed weights leave memory.
   void exit(int unit);
   // The forward ended: records its statistics and, on the first forward or after a

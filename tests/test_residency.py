@@ -225,6 +225,41 @@ def test_only_lookups_stream_when_the_rest_fits():
     assert plan.resident == {1, 2, 3, 4, 5} and plan.streamed_order == [0] and plan.streamed_bytes == 0
 
 
+def _moe_units(routed=True):
+    """An embedding, four layers of attention (40) and routed experts (800), an LM head (200)."""
+    units = [Unit("embed", 1000, True, on_demand=True)]
+    for i in range(4):
+        units += [Unit(f"layers.{i}.attn", 40, True), Unit(f"layers.{i}.experts", 800, True, routed=routed)]
+    return units + [Unit("head", 200, True)]
+
+
+def test_routed_units_stream_first_and_take_the_window_once():
+    units, order = _moe_units(), list(range(10))
+    experts, rest = {2, 4, 6, 8}, {1, 3, 5, 7, 9}
+    plan = make_plan(units, order, 1500)
+    # every unit read whole each forward stays resident; only the experts stream, by routing
+    assert plan.resident == rest and set(plan.streamed_order) == {0} | experts
+    assert plan.streamed_bytes == 0 and plan.routed_bytes == 3200 and plan.lookup_bytes == 1000
+    assert plan.resident_bytes + plan.streamed_bytes + plan.routed_bytes + plan.lookup_bytes == plan.total_bytes
+    # one experts unit, claimed when it is entered: nothing else streams to read ahead
+    assert plan.window_bytes == 800
+    # the same units read whole: two experts units in the window, and attention streams
+    whole = make_plan(_moe_units(routed=False), order, 1500)
+    assert whole.window_bytes > 800 and whole.routed_bytes == 0 and rest - whole.resident
+    # room left once the rest is resident keeps whole experts units
+    for budget, kept in ((2000, 1), (3000, 2)):
+        roomy = make_plan(units, order, budget)
+        assert rest <= roomy.resident and len(roomy.resident & experts) == kept
+        assert roomy.window_bytes == 800 and roomy.resident_bytes + roomy.window_bytes <= budget
+    # attention streaming too: the window holds its read-ahead beside one experts unit
+    tight = make_plan(units, order, 1200)
+    assert tight.streamed_bytes == 80 and tight.window_bytes == 800 + 3 * 40
+    assert tight.resident_bytes + tight.window_bytes <= 1200
+    # the device path copies experts whole: it plans them as any unit
+    assert device_plan(units, order, 6000, slot_overhead=16) == device_plan(_moe_units(routed=False), order, 6000,
+                                                                        slot_overhead=16)
+
+
 def test_measure_rates_from_a_forward():
     units = [Unit("a", 100, True), Unit("b", 300, True), Unit("e", 1000, True, on_demand=True)]
     stats = {"wait_seconds": 0.5, "timed_bytes": 64 * MiB, "read_seconds": 1.0, "seek_reads": 2,

@@ -61,6 +61,28 @@ def test_a_token_reads_only_its_experts(mixtral):
     assert torch.equal(lit.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), want)
 
 
+def test_the_plan_keeps_what_every_token_reads_resident(mixtral):
+    """Room for the attention, the norms and the LM head, and for one layer's experts: those
+    stay resident, every layer's experts stream by routing through a window of one layer's
+    experts, and a token reads nothing but its experts."""
+    directory, lit_path, reference = mixtral
+    units = litcore.plan_pretrained(directory, memory_budget="1GiB").units
+    experts = max(u.nbytes for u in units if u.routed)
+    whole = sum(u.nbytes for u in units if not u.routed)
+    lit = litcore.from_pretrained(lit_path, memory_budget=whole + experts * 3 // 2, progress=False)
+    prompt = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(0))
+    token = prompt[:, -1:]
+    with torch.no_grad():
+        assert torch.equal(lit(prompt).logits, reference(prompt).logits)
+        assert torch.equal(lit(token).logits, reference(token).logits)
+    plan = lit.plan
+    assert plan.streamed_bytes == 0 and plan.routed_bytes == CONFIG["num_hidden_layers"] * experts
+    assert plan.streamed_modules == [f"model.layers.{i}.mlp.experts" for i in range(CONFIG["num_hidden_layers"])]
+    assert plan.window_bytes < 2 * experts
+    assert lit.stats()["routed_bytes"] == plan.routed_bytes and lit.stats()["streamed_bytes_per_forward"] == 0
+    assert lit.stats()["last"]["bytes_read"] == plan.routed_bytes * CHOSEN // EXPERTS
+
+
 @pytest.mark.parametrize("options", [{"read_mode": "direct"}, {"verify": "lazy"}], ids=["direct", "lazy-checks"])
 def test_whole_tensor_read_paths_read_every_expert(mixtral, options):
     lit = _load(mixtral, **options)

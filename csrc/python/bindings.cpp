@@ -33,15 +33,17 @@ void drop_pages(const at::Tensor& tensor) {
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
-// The planner's units and rates as Python passes them: (name, nbytes, streamable, on_demand)
-// and (compute, read, seek) seconds per byte / per seek.
-using UnitTuple = std::tuple<std::string, uint64_t, bool, bool>;
+// The planner's units and rates as Python passes them: (name, nbytes, streamable, on_demand,
+// routed) and (compute, read, seek) seconds per byte / per seek.
+using UnitTuple = std::tuple<std::string, uint64_t, bool, bool, bool>;
 using RatesTuple = std::tuple<double, double, double>;
 
 std::vector<Unit> to_units(const std::vector<UnitTuple>& units) {
   std::vector<Unit> out;
   out.reserve(units.size());
-  for (const auto& [name, nbytes, streamable, on_demand] : units) out.push_back({name, nbytes, streamable, on_demand});
+  for (const auto& [name, nbytes, streamable, on_demand, routed] : units) {
+    out.push_back({name, nbytes, streamable, on_demand, routed});
+  }
   return out;
 }
 
@@ -75,13 +77,13 @@ std::vector<UnitSpec> to_specs(const std::vector<UnitSpecTuple>& units) {
 
 std::vector<UnitTuple> unit_tuples(const std::vector<Unit>& units) {
   std::vector<UnitTuple> out;
-  for (const auto& u : units) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand);
+  for (const auto& u : units) out.emplace_back(u.name, u.nbytes, u.streamable, u.on_demand, u.routed);
   return out;
 }
 
 py::tuple plan_tuple(const Plan& p) {
   return py::make_tuple(p.resident, p.streamed_order, p.window_bytes, p.resident_bytes, p.streamed_bytes,
-                        p.lookup_bytes, p.budget, p.total_bytes, p.runs, p.modeled_seconds);
+                        p.lookup_bytes, p.budget, p.total_bytes, p.runs, p.modeled_seconds, p.routed_bytes);
 }
 
 // The engine's statistics under their C++ names; counts as ints, times as floats.

@@ -72,6 +72,10 @@ std::vector<Unit> units_of(const std::vector<UnitSpec>& specs, const TensorResol
     }
     u.streamable = specs[i].streamable && !shared;
     u.on_demand = specs[i].lookup;
+    // Read by its routing where every tensor splits evenly into its experts' slices.
+    int n = specs[i].experts;
+    u.routed = n >= 2 && u.streamable && !u.on_demand && !canonical[i].empty();
+    for (const auto& name : canonical[i]) u.routed = u.routed && bytes[name] % static_cast<uint64_t>(n) == 0;
     units.push_back(std::move(u));
   }
   if (stored) *stored = std::move(canonical);
@@ -102,26 +106,23 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   }
   // Routed units are read by their routing where the read path reads exact byte ranges
   // through the page cache: direct reads put whole pages in place, and lazy checks hash
-  // whole tensors, so there they are read whole. A unit whose tensors do not split evenly
-  // into its experts is read whole too.
+  // whole tensors, so there they are read whole, and planned as any unit read ahead.
   bool parts_readable = options_.verify != Verify::Lazy &&
                         resolve_read_mode(options_.read_mode, *store_->mapping()) != ReadMode::Direct;
   experts_.assign(units_.size(), 0);
   expert_tensors_.resize(units_.size());
-  for (size_t i = 0; i < units_.size() && parts_readable; ++i) {
-    int n = specs[i].experts;
-    if (n < 2 || !units_[i].streamable || units_[i].on_demand) continue;
+  for (size_t i = 0; i < units_.size(); ++i) {
+    if (!units_[i].routed) continue;
+    if (!parts_readable) {
+      units_[i].routed = false;
+      continue;
+    }
+    experts_[i] = specs[i].experts;
     // Per tensor: a unit's byte ranges merge tensors stored back to back.
-    std::vector<ByteRange> tensors;
-    bool even = true;
     for (const auto& name : tensors_[i]) {
       const TensorInfo& t = store_->info(name);
-      even = even && t.nbytes % static_cast<uint64_t>(n) == 0;
-      tensors.push_back({t.offset, t.nbytes});
+      expert_tensors_[i].push_back({t.offset, t.nbytes});
     }
-    if (!even) continue;
-    experts_[i] = n;
-    expert_tensors_[i] = std::move(tensors);
   }
   if (options_.verify == Verify::Full) {
     for (const auto& names : tensors_) store_->verify_once(names);
@@ -568,6 +569,7 @@ std::vector<Stat> Engine::summary() const {
           count("weight_bytes", plan_.total_bytes),
           count("resident_bytes", plan_.resident_bytes),
           count("streamed_bytes_per_forward", plan_.streamed_bytes),
+          count("routed_bytes", plan_.routed_bytes),
           count("lookup_bytes", plan_.lookup_bytes),
           count("window_bytes", plan_.window_bytes),
           count("streamed_runs", static_cast<uint64_t>(plan_.runs)),

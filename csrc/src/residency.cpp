@@ -50,27 +50,46 @@ struct Fill {
   uint64_t resident_bytes = 0;
 };
 
+// The window for units read ahead of sizes `sizes`, the largest `largest`: two of the
+// largest, so the reader can fetch the next one while the current one computes; units the
+// reader reads together (read_groups.h) are read in file order as the window makes room: a
+// group, and the next one's first unit read while it computes.
+uint64_t read_ahead_window(std::vector<uint64_t> sizes, uint64_t largest, int depth, uint64_t read_group) {
+  if (sizes.empty()) return 0;
+  std::sort(sizes.begin(), sizes.end());
+  uint64_t median = sizes[sizes.size() / 2];
+  uint64_t window = std::max(2 * largest, largest + static_cast<uint64_t>(std::max(depth - 1, 0)) * median);
+  if (read_group > largest) window = std::max(window, read_group + largest);
+  return window;
+}
+
 // The window and the units `forced` leaves to place (in execution order).
 Fill start_fill(const std::vector<Unit>& units, const std::vector<int>& candidates, const std::set<int>& forced,
                 uint64_t room, int depth, uint64_t read_group, std::vector<int>& rest) {
   Fill f;
-  std::vector<uint64_t> sizes;
-  uint64_t largest = 0;
+  std::vector<uint64_t> sizes, whole_sizes;  // every unit left; those read whole
+  uint64_t largest = 0, largest_whole = 0, largest_routed = 0;
   for (int i : candidates) {
     if (forced.count(i)) continue;
     rest.push_back(i);
-    sizes.push_back(units[i].nbytes);
-    largest = std::max(largest, units[i].nbytes);
+    uint64_t n = units[i].nbytes;
+    sizes.push_back(n);
+    largest = std::max(largest, n);
+    if (units[i].routed) {
+      largest_routed = std::max(largest_routed, n);
+    } else {
+      whole_sizes.push_back(n);
+      largest_whole = std::max(largest_whole, n);
+    }
   }
   for (int i : forced) f.resident_bytes += units[i].nbytes;
   f.resident = f.forced = forced;
-  std::sort(sizes.begin(), sizes.end());
-  uint64_t median = sizes.empty() ? 0 : sizes[sizes.size() / 2];
-  // Two of the largest: the reader can fetch the next one while the current one computes.
-  uint64_t window = std::max(2 * largest, largest + static_cast<uint64_t>(std::max(depth - 1, 0)) * median);
-  // Units the reader reads together (read_groups.h) are read in file order as the window
-  // makes room: a group, and the next one's first unit read while it computes.
-  if (!rest.empty() && read_group > largest) window = std::max(window, read_group + largest);
+  uint64_t window = read_ahead_window(sizes, largest, depth, read_group);
+  // A routed unit is claimed when it is entered, never ahead: the window holds the largest
+  // of them once, beside what the reader reads ahead of the others.
+  if (largest_routed > 0) {
+    window = std::min(window, largest_routed + read_ahead_window(whole_sizes, largest_whole, depth, read_group));
+  }
   f.window = std::min(window, room - f.resident_bytes);
   return f;
 }
@@ -89,10 +108,34 @@ Fill fill(const std::vector<Unit>& units, const std::vector<int>& candidates, co
     spare -= units[i].nbytes;
     return true;
   };
-  size_t head = 0;
-  while (head < rest.size() && take(rest[head])) ++head;
-  size_t tail = rest.size();
-  while (tail > head + 1 && take(rest[tail - 1])) --tail;
+  auto place = [&](const std::vector<int>& run) {
+    size_t head = 0;
+    while (head < run.size() && take(run[head])) ++head;
+    size_t tail = run.size();
+    while (tail > head + 1 && take(run[tail - 1])) --tail;
+  };
+  // Units read whole every forward first: a routed unit kept resident saves only the share
+  // of it a forward's routing would have read.
+  std::vector<int> whole, routed;
+  for (int i : rest) (units[i].routed ? routed : whole).push_back(i);
+  place(whole);
+  if (routed.empty()) return f;
+  // The window was sized before the units read whole found room: it need only hold what
+  // still streams, and what it no longer needs may keep routed units resident.
+  std::vector<uint64_t> sizes;
+  uint64_t largest = 0, largest_routed = 0;
+  for (int i : whole) {
+    if (f.resident.count(i)) continue;
+    sizes.push_back(units[i].nbytes);
+    largest = std::max(largest, units[i].nbytes);
+  }
+  for (int i : routed) largest_routed = std::max(largest_routed, units[i].nbytes);
+  uint64_t window = largest_routed + read_ahead_window(sizes, largest, depth, read_group);
+  if (window < f.window) {
+    spare += f.window - window;
+    f.window = window;
+  }
+  place(routed);
   return f;
 }
 
@@ -212,16 +255,32 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
   } else {
     best = fill(units, candidates, {}, room, depth, read_group_bytes);
   }
+  // Routed units take the window once whatever their size: only the units read ahead are
+  // worth keeping resident to shrink it.
+  std::vector<int> read_ahead;
+  for (int i : by_size) {
+    if (!units[i].routed) read_ahead.push_back(i);
+  }
+  // Fewest bytes read whole per forward, then fewest routed bytes streaming.
+  auto better = [&](const Fill& a, const Fill& b) {
+    auto whole = [&](const Fill& f) {
+      uint64_t bytes = 0;
+      for (int i : f.resident) bytes += units[i].routed ? 0 : units[i].nbytes;
+      return bytes;
+    };
+    uint64_t wa = whole(a), wb = whole(b);
+    return wa != wb ? wa > wb : a.resident_bytes > b.resident_bytes;
+  };
   std::set<int> forced;
   uint64_t forced_bytes = 0;
-  for (size_t k = 0; k < std::min<size_t>(3, by_size.size()) && candidate_bytes > room; ++k) {
-    forced.insert(by_size[k]);
-    forced_bytes += units[by_size[k]].nbytes;
-    uint64_t next = k + 1 < by_size.size() ? units[by_size[k + 1]].nbytes : 0;
-    if (next == units[by_size[k]].nbytes) continue;  // the window would not shrink
+  for (size_t k = 0; k < std::min<size_t>(3, read_ahead.size()) && candidate_bytes > room; ++k) {
+    forced.insert(read_ahead[k]);
+    forced_bytes += units[read_ahead[k]].nbytes;
+    uint64_t next = k + 1 < read_ahead.size() ? units[read_ahead[k + 1]].nbytes : 0;
+    if (next == units[read_ahead[k]].nbytes) continue;  // the window would not shrink
     if (forced_bytes + 2 * next > room) break;
     Fill f = fill(units, candidates, forced, room, depth, read_group_bytes);
-    if (f.resident_bytes > best.resident_bytes) best = std::move(f);
+    if (better(f, best)) best = std::move(f);
   }
   auto assemble = [&](const Fill& f) {
     Plan p;
@@ -240,7 +299,7 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     for (int i : p.resident) p.resident_bytes += units[i].nbytes;
     for (int i = 0; i < n; ++i) {
       if (p.resident.count(i)) continue;
-      (units[i].on_demand ? p.lookup_bytes : p.streamed_bytes) += units[i].nbytes;
+      (units[i].on_demand ? p.lookup_bytes : units[i].routed ? p.routed_bytes : p.streamed_bytes) += units[i].nbytes;
     }
     std::set<int> streamed(p.streamed_order.begin(), p.streamed_order.end());
     p.runs = count_runs(units, order, streamed);
@@ -248,7 +307,9 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     return p;
   };
   Plan one_run = assemble(best);
-  if (!rates.known() || !one_run.streams()) return one_run;
+  // The pass model knows reads ahead of the compute; a routed unit's are made by the compute
+  // thread once its router has run.
+  if (!rates.known() || !one_run.streams() || one_run.routed_bytes > 0) return one_run;
   // Compute-bound passes hide reads better spread out. A spread layout must be clearly
   // compute-bound: its reads, seeks included, within 80% of the compute. Nearer IO-bound
   // the model flatters it: one run also reads during the resident compute through the
@@ -275,11 +336,14 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
 Plan make_device_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget, int slots,
                       uint64_t slot_overhead) {
   if (slots < 2) throw std::invalid_argument("litcore: a device ring needs at least 2 slots, got " + std::to_string(slots));
+  // The device path copies a routed unit whole: it plans as any unit read ahead.
+  std::vector<Unit> read_whole = units;
+  for (auto& u : read_whole) u.routed = false;
   uint64_t room = budget;
   for (int round = 0; round < 8 && room > 0; ++round) {  // each round keeps less resident
     Plan plan;
     try {
-      plan = make_plan(units, order, room, {}, slots);
+      plan = make_plan(read_whole, order, room, {}, slots);
     } catch (const BudgetTooSmallError&) {
       break;
     }
@@ -309,6 +373,7 @@ Plan make_host_plan(const std::vector<Unit>& units, const Plan& device_plan, uin
   std::vector<Unit> host_units = units;
   for (size_t i = 0; i < host_units.size(); ++i) {
     if (!on_host.count(static_cast<int>(i))) host_units[i] = Unit{host_units[i].name, 0, false, false};
+    host_units[i].routed = false;  // read whole for the device's copy
   }
   return make_plan(host_units, device_plan.streamed_order, budget);
 }

@@ -34,6 +34,7 @@ class Unit:
     nbytes: int
     streamable: bool  # leaf module, parameters only, no tensor shared with another module
     on_demand: bool = False  # read by row lookup (an embedding): never read ahead
+    routed: bool = False     # a mixture-of-experts layer's experts: a forward reads its router's choice
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class PassRates:
 class Plan:
     """Where each unit's weights live. Unit indices for the planner's callers; in module
     names through `placements()`, `resident_modules`, `streamed_modules`, `lookup_modules`
-    and `str(plan)`. resident + streamed + lookup bytes = total bytes."""
+    and `str(plan)`. resident + streamed + routed + lookup bytes = total bytes."""
 
     resident: Set[int]          # unit indices kept in memory
     streamed_order: List[int]   # cyclic execution order of streamed units (repeats kept)
@@ -61,6 +62,7 @@ class Plan:
     total_bytes: int
     runs: int = 0                 # separate runs the streamed units form along the order
     modeled_seconds: float = 0.0  # the pass model's forward time (0: no rates given)
+    routed_bytes: int = 0         # routed units streamed: a forward reads its routing's share of them
     units: Sequence[Unit] = field(default=(), repr=False, compare=False)
 
     @property
@@ -94,20 +96,22 @@ class Plan:
         lines = [f"budget {self.budget / mib:.1f} MiB, weights {self.total_bytes / mib:.1f} MiB: "
                  f"resident {self.resident_bytes / mib:.1f}, streamed {self.streamed_bytes / mib:.1f} "
                  f"per forward in {self.runs} run(s) through a {self.window_bytes / mib:.1f} MiB window, "
-                 f"read by lookup {self.lookup_bytes / mib:.1f}"]
+                 f"read by lookup {self.lookup_bytes / mib:.1f}"
+                 + (f", read by routing {self.routed_bytes / mib:.1f} (the chosen experts' share)"
+                    if self.routed_bytes else "")]
         lines += [f"  {where:<8} {nbytes / mib:10.2f} MiB  {name}" for name, where, nbytes in self.placements()]
         return "\n".join(lines)
 
 
 def plan_from_native(values: tuple, units: Sequence[Unit]) -> Plan:
     """A Plan from the native planner's or engine's tuple."""
-    resident, streamed, window, resident_bytes, streamed_bytes, lookup_bytes, budget, total, runs, modeled = values
+    resident, streamed, window, resident_bytes, streamed_bytes, lookup_bytes, budget, total, runs, modeled, routed = values
     return Plan(set(resident), list(streamed), window, resident_bytes, streamed_bytes, lookup_bytes, budget, total,
-                runs, modeled, tuple(units))
+                runs, modeled, routed, tuple(units))
 
 
 def _native_units(units: Sequence[Unit]) -> list:
-    return [(u.name, u.nbytes, u.streamable, u.on_demand) for u in units]
+    return [(u.name, u.nbytes, u.streamable, u.on_demand, u.routed) for u in units]
 
 
 def _native_rates(rates: Optional[PassRates]) -> tuple:

@@ -17,6 +17,11 @@ struct Unit {
   // Read by row lookup (an embedding): a forward touches a few pages of it, so it is never
   // read ahead nor kept resident when streaming; its pages come in by fault and leave after use.
   bool on_demand = false;
+  // Read by its routing (a mixture-of-experts layer's experts, engine.h UnitSpec::experts): a
+  // forward reads the slices of the experts its router chose, when the unit is entered, never
+  // ahead. It needs room in the window only while it runs, and a byte of it kept resident
+  // saves a forward only the chosen share of a byte read.
+  bool routed = false;
 };
 
 // Measured on recent forwards (LitModule measures them). All zero, the default, means
@@ -34,7 +39,8 @@ struct Plan {
   uint64_t window_bytes = 0;
   uint64_t resident_bytes = 0;
   uint64_t streamed_bytes = 0;  // read ahead per forward (on-demand units read only what they touch)
-  uint64_t lookup_bytes = 0;    // on-demand units not resident: resident + streamed + lookup = total
+  uint64_t routed_bytes = 0;    // routed units not resident: a forward reads its routing's share of them
+  uint64_t lookup_bytes = 0;    // on-demand units not resident: resident + streamed + routed + lookup = total
   uint64_t budget = 0;
   uint64_t total_bytes = 0;
   int runs = 0;                 // separate runs the streamed units form along the order
@@ -64,6 +70,11 @@ class BudgetTooSmallError : public std::invalid_argument {
 // The window holds two of the largest streamed unit, or it plus `depth - 1` typical ones;
 // with read groups, the largest group plus the largest unit (the reader claims a group's
 // units in file order as the group before releases them).
+//
+// Routed units (Unit::routed) are never read ahead, so the window holds the largest of them
+// once, beside what the reader reads ahead of the others; and the units read whole every
+// forward are kept resident before any routed one (a token reads 2 of 8 experts: a resident
+// byte of them saves a quarter of what a resident byte of attention saves).
 //
 // One run is right when reading is the bottleneck. When compute is (a budget that streams a
 // little, a forward over few tokens), one run cannot hide its read: the reader can only be a

@@ -165,3 +165,70 @@ def test_auto_counts_other_files_inactive_page_cache_as_room(tmp):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # 256 MiB more page cache is charged to the cgroup, and the budget hardly moves.
     assert abs(result["before"] - result["after"]) < 32 * MiB, result
+
+
+MOE_CONFIG = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=12,
+                  num_key_value_heads=4, vocab_size=8000, num_local_experts=8, num_experts_per_tok=2)
+
+MOE_CHILD = own_cgroup.IMPORT + """
+import json, os, sys, torch
+from transformers import MixtralConfig, MixtralForCausalLM
+import transformers.models.mixtral.modeling_mixtral  # imports are not the model's footprint
+import litcore
+from own_cgroup import group, read
+
+config = MixtralConfig(**json.loads(sys.argv[1]))
+torch.ones(64, 64) @ torch.ones(64, 64)  # kernels loaded before the measurement
+# The limit: what the process holds now and a fixed room above it.
+with open(os.path.join(group(), "memory.limit_in_bytes"), "w") as f:
+    f.write(str(read("memory.usage_in_bytes") + int(sys.argv[3])))
+lit = litcore.LitModule.from_params(sys.argv[2], lambda: MixtralForCausalLM(config), memory_budget="auto")
+g = torch.Generator().manual_seed(0)
+prompt = torch.randint(3, config.vocab_size, (1, 16), generator=g)
+logits, prefill_failcnt = [], []
+with torch.no_grad():
+    logits.append(lit(prompt).logits)
+    for _ in range(3):
+        for _ in range(6):  # generated tokens: each reads 2 experts of 8 in a layer
+            lit(torch.randint(3, config.vocab_size, (1, 1), generator=g))
+        before = read("memory.failcnt")
+        logits.append(lit(prompt).logits)  # a prompt: every expert
+        prefill_failcnt.append(read("memory.failcnt") - before)
+torch.save(logits, sys.argv[4])
+passes = lit.engine.passes()
+print(json.dumps({"failcnt": read("memory.failcnt"), "prefill_failcnt": prefill_failcnt,
+                  "budgets": [p["budget_bytes"] for p in passes], "resident": [p["resident_bytes"] for p in passes],
+                  "routed": lit.stats()["routed_bytes"], "streamed": lit.stats()["streamed_bytes_per_forward"]}))
+"""
+
+
+def test_auto_holds_a_mixture_of_experts_model_under_its_limit(tmp_path):
+    """A generated token reads 2 of a layer's 8 experts, a prompt all 8: the usage measured
+    after tokens is not what a prompt needs. "auto" keeps room for a whole layer's experts
+    (the build before grew into the room tokens left unread, met the limit at the next
+    prompt 9,000-28,000 times, and shrank forward after forward to nothing resident), and
+    does not count the budget it cannot use as room to grow by."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    reference = MixtralForCausalLM(MixtralConfig(**MOE_CONFIG)).eval()
+    litcore.save(reference.state_dict(), tmp_path / "moe.lit", dtype="bfloat16")
+    with torch.no_grad():  # as the file binds them: the weights in bf16, the rotary buffer as built
+        for p in reference.parameters():
+            p.data = p.data.to(torch.bfloat16)
+    prompt = torch.randint(3, MOE_CONFIG["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(prompt).logits
+    cgroup.evict([str(tmp_path / "moe.lit")])
+    # 255 MiB above the interpreter for a 323 MiB model of 72 MiB layers of experts: the
+    # rest of the weights, two layers' experts and the activations.
+    out = cgroup.run([sys.executable, "-c", MOE_CHILD, json.dumps(MOE_CONFIG), str(tmp_path / "moe.lit"),
+                      str(255 * MiB), str(tmp_path / "logits.pt")], None)
+    assert out.returncode == 0 and not out.oom_killed, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["failcnt"] <= 16 and result["prefill_failcnt"] == [0, 0, 0], result
+    budgets, resident = result["budgets"], result["resident"]
+    assert min(budgets[1:]) >= budgets[0] and len(set(budgets)) <= 3, result  # grows, settles, never shrinks back
+    assert resident[-1] > 0 and result["streamed"] == 0 and result["routed"] > 0, result
+    for out in torch.load(tmp_path / "logits.pt"):
+        assert torch.equal(out, want)

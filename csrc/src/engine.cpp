@@ -5,6 +5,7 @@
 #include "litcore/options.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,8 @@ namespace litcore {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kNoneRead = std::numeric_limits<uint64_t>::max();  // no routed unit streamed yet this pass
 
 Stat count(const char* name, uint64_t v) { return {name, static_cast<double>(v), true}; }
 Stat seconds(const char* name, double v) { return {name, v, false}; }
@@ -206,6 +209,7 @@ void Engine::begin(bool restart) {
   if (warmup_ && prefetcher_) warmup_->stop();
   if (peak_) peak_->reset();
   pass_order_.clear();
+  pass_routed_read_ = kNoneRead;
   open_.clear();
   compute_threads_.capture();
   pass_narrowed_ = false;
@@ -275,7 +279,14 @@ void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
     prefetcher_->wait(unit);
     // A routed unit's experts are read now that its routing is known (the readers claimed
     // its room in the window and read nothing of it).
-    if (experts_[unit] > 0) prefetcher_->read_parts(unit, expert_parts(unit, experts));
+    if (experts_[unit] > 0) {
+      std::vector<ByteRange> parts = expert_parts(unit, experts);
+      prefetcher_->read_parts(unit, parts);
+      uint64_t bytes = 0;
+      for (const auto& r : parts) bytes += r.length;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!plan_.resident.count(unit)) pass_routed_read_ = std::min(pass_routed_read_, bytes);
+    }
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::find(open_.rbegin(), open_.rend(), unit);
@@ -416,6 +427,21 @@ bool Engine::adapt_budget_locked(bool grow_only) {
   // Resident weights the kernel has evicted are memory the plan counts on and does not have.
   for (int unit : plan_.resident) {
     for (const auto& r : ranges_[unit]) room.free -= static_cast<int64_t>(r.length - in_memory.bytes(r.offset, r.length));
+  }
+  if (plan_.routed_bytes > 0) {
+    // The usage measured is not the plan's whole footprint where routed units stream: the
+    // window's room for a layer's experts held only the chosen ones (a prefill, or a C++
+    // app entering without ids, reads them all), and the budget can leave more unused
+    // than a unit read whole (a layer's experts that did not fit). Counted as room, the
+    // budget would grow by them into the next layer's experts, a forward would then meet
+    // the limit, and the budget shrink again, forward after forward.
+    uint64_t largest = 0;
+    for (int unit : plan_.streamed_order) {
+      if (units_[unit].routed) largest = std::max(largest, units_[unit].nbytes);
+    }
+    uint64_t read = pass_routed_read_ == kNoneRead ? 0 : std::min(pass_routed_read_, largest);
+    uint64_t held = plan_.resident_bytes + plan_.window_bytes;
+    room.free -= static_cast<int64_t>(largest - read + (budget_ > held ? budget_ - held : 0));
   }
   // While anything streams, the kernel's readahead past each read moves the peak from one
   // forward to the next by about its reach: measured or not, that is kept free too.

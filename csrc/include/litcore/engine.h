@@ -223,6 +223,8 @@ class Engine {
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::vector<int> pass_order_;  // units entered in this forward
+  // The fewest bytes of a streamed routed unit this forward read (its chosen experts' slices).
+  uint64_t pass_routed_read_ = 0;
   std::vector<int> open_;        // entered and not yet exited
   std::vector<PassStats> passes_;
   std::vector<std::string> warnings_;

@@ -46,7 +46,9 @@ class Stage:
         if self.plan is not None:
             text += (f"\n  under a {self.plan.budget / mib:.1f} MiB budget: {self.plan.resident_bytes / mib:.1f} MiB "
                      f"resident, {self.plan.streamed_bytes / mib:.1f} MiB streamed per forward, "
-                     f"{self.plan.lookup_bytes / mib:.1f} MiB read by lookup")
+                     + (f"{self.plan.routed_bytes / mib:.1f} MiB of experts streamed by routing, "
+                        if self.plan.routed_bytes else "")
+                     + f"{self.plan.lookup_bytes / mib:.1f} MiB read by lookup")
         return text
 
 

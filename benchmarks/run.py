@@ -4,6 +4,7 @@ memory limit that counts page cache, with the weight files evicted from page cac
 
     python benchmarks/run.py                         # 1.1B Llama-shaped bf16 model, limits none/2400/1200 MB
     python benchmarks/run.py --model small --limits none,600
+    python benchmarks/run.py --model moe --limits none,800 --prompt-tokens 1   # Mixtral-shaped, 1.58 GB
     python benchmarks/run.py --model tiny --systems litcore,in-memory --no-docs   # smoke test
     python benchmarks/run.py --baseline build/baseline-site --systems litcore,litcore-baseline --limits 2400,1200
 
@@ -46,15 +47,21 @@ def parse_limit(text: str) -> Optional[int]:
     return None if text in ("none", "0", "") else int(float(text) * 10**6)
 
 
+def family(model: str) -> str:
+    """The architecture a --model name stands for: "moe" is Mixtral-shaped, the rest Llama."""
+    return "Mixtral" if model == "moe" else "Llama"
+
+
 def prepare(model: str, cache: str, cli_order: bool = False) -> Dict[str, str]:
     """The model directory (seeded bf16 weights), its litcore file and PyTorch-LIT's export."""
     import litcore
     from litcore import synthetic
 
-    model_dir = os.path.join(cache, f"llama-{model}")
+    model_dir = os.path.join(cache, f"{family(model).lower()}-{model}")
     if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
         print(f"generating the {model} model in {model_dir} ...", flush=True)
-        synthetic.make_model_dir(model_dir, synthetic.llama_config(model))
+        config = synthetic.mixtral_config(model) if family(model) == "Mixtral" else synthetic.llama_config(model)
+        synthetic.make_model_dir(model_dir, config)
     lit = os.path.join(model_dir, "model.lit")
     if not os.path.exists(lit):
         from litcore.hf import convert_pretrained
@@ -164,7 +171,8 @@ def compare_exactness(rows: List[Dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="1b", choices=["tiny", "small", "1b"])
+    parser.add_argument("--model", default="1b", choices=["tiny", "small", "1b", "moe"],
+                        help="Llama-shaped, but moe: Mixtral-shaped, 8 experts a layer, 2 chosen per token")
     parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
     parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("litcore-baseline",
                                                                                       "litcore-lazy", "litcore-direct")))
@@ -224,8 +232,8 @@ def main() -> None:
                 before = disk_bandwidth(paths, max(file_bytes - limit, file_bytes // 4), limit, probes=1)
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
                           args.baseline, args.prompt_tokens, args.litcore_read_mode, args.row_timeout)
-            if system.startswith("litcore") and limit and row.get("streamed_bytes_per_forward"):
-                after = disk_bandwidth(paths, row["streamed_bytes_per_forward"], limit, probes=1)
+            if system.startswith("litcore") and limit and report.io_bytes(row)[0]:
+                after = disk_bandwidth(paths, report.io_bytes(row)[0], limit, probes=1)
                 row["disk_bytes_per_s"] = before + after  # a failed probe leaves the other
             elif system.startswith("litcore") and not limit and "error" not in row:
                 # The cold start's floors: the whole file at the disk's speed, and at the speed
@@ -236,7 +244,7 @@ def main() -> None:
             rows.append(row)
             print(report.one_line(row), flush=True)
     compare_exactness(rows)
-    meta = {"model": args.model, "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
+    meta = {"model": args.model, "family": family(args.model), "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
             "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
             "seconds": time.time() - started, "cpu": report.cpu_name(), "cpu_flags": report.cpu_flags(),
             "prompt_tokens": args.prompt_tokens, "cgroups": cgroup.available(), "cpu_isa": args.cpu_isa}

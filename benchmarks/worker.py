@@ -33,21 +33,23 @@ def load(system: str, args):
         # An older litcore (a baseline) may not know every option: pass them only when asked.
         options = {k: v for k, v in (("verify", args.verify), ("read_mode", args.read_mode)) if v}
         return litcore.from_pretrained(args.lit, memory_budget=args.budget or "auto", **options)
-    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if system == "in-memory":
-        return _clone_to_ram(LlamaForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).eval())
+        return _clone_to_ram(AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).eval())
     if system == "transformers-mmap":
-        return LlamaForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).eval()
+        return AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).eval()
     if system == "accelerate":
-        return LlamaForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16, device_map="auto",
-                                                max_memory={"cpu": args.accelerate_cpu}, offload_folder=args.offload).eval()
+        return AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16, device_map="auto",
+                                                    max_memory={"cpu": args.accelerate_cpu},
+                                                    offload_folder=args.offload).eval()
     if system == "pytorch-lit":
         from pytorch_lit import LitModule  # the original, from PYTHONPATH
 
         config = AutoConfig.from_pretrained(args.model_dir)
         torch.set_default_dtype(torch.float16)  # PyTorch-LIT has no bf16: its file is fp16
-        lit = LitModule.from_params(args.pytorch_lit_dir, lambda: LlamaForCausalLM(config).eval(), device="cpu")
+        lit = LitModule.from_params(args.pytorch_lit_dir, lambda: AutoModelForCausalLM.from_config(config).eval(),
+                                    device="cpu")
         torch.set_default_dtype(torch.float32)
         return _PytorchLitModel(lit)
     raise ValueError(f"unknown system {system}")
@@ -87,9 +89,14 @@ def main() -> None:
     args = parser.parse_args()
 
     # Imports are excluded from "ready": load every module the systems use first.
+    import importlib
+
     import torch
-    from transformers import LlamaForCausalLM  # noqa: F401
-    from transformers.models.llama import modeling_llama  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    with open(os.path.join(args.model_dir, "config.json")) as f:
+        config = json.load(f)
+    importlib.import_module(f"transformers.models.{config['model_type']}.modeling_{config['model_type']}")
 
     if args.system == "litcore":
         import litcore.hf  # noqa: F401
@@ -97,8 +104,7 @@ def main() -> None:
         import accelerate  # noqa: F401
     if args.system == "pytorch-lit":
         import pytorch_lit  # noqa: F401
-    with open(os.path.join(args.model_dir, "config.json")) as f:
-        vocab = json.load(f)["vocab_size"]
+    vocab = config["vocab_size"]
     prefill = torch.randint(3, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     prompt = prefill[:, :8]
 
@@ -129,6 +135,12 @@ def main() -> None:
                       resident_bytes=stats["resident_bytes"], streamed_runs=stats["streamed_runs"],
                       last_token_bytes_read=stats["last"]["bytes_read"],
                       last_token_io_wait_s=stats["last"]["io_wait_seconds"])
+        # Experts streamed by routing: a forward reads the chosen ones' share, which differs
+        # between a prompt and a generated token; what the steady forwards read is measured.
+        result["routed_bytes"] = stats.get("routed_bytes", 0)  # a baseline build may not have it
+        if result["routed_bytes"]:
+            result["steady_bytes_read"] = statistics.median(p["bytes_read"]
+                                                            for p in stats["per_forward"][1:1 + args.steady])
         # The reader's own figures: how fast its reads ran, and how much of the time it read.
         for name, passes in (("steady", stats["per_forward"][1:1 + args.steady]),
                              ("generate", stats["per_forward"][1 + args.steady:])):

@@ -41,6 +41,17 @@ def test_generate_streams_text_and_ends_with_stats(llama_dir):
     assert first.strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
+def test_generate_names_the_experts_read_by_routing(tmp, litcore_cli):
+    """A mixture-of-experts model: every weight but the experts resident, the experts
+    streamed by their routing, and the stats line says so."""
+    synthetic.make_model_dir(str(tmp / "mixtral"), synthetic.mixtral_config("tiny"))
+    r = litcore_cli("generate", tmp / "mixtral", "The quick brown fox", "--max-new-tokens", "4",
+                    "--memory-budget", "400KB", "-q")
+    assert r.returncode == 0, r.stderr
+    stats = r.stdout.split("[litcore]")[1]
+    assert "streamed 0 B per forward, experts 384.00 KiB read by routing" in stats, stats
+
+
 def test_generate_refuses_an_encoder_and_bad_options(tmp, litcore_cli):
     synthetic.make_model_dir(str(tmp / "bert"), synthetic.bert_config(), dtype=torch.float32)
     r = _run("generate", tmp / "bert", "hello", "-q")

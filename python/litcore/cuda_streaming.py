@@ -339,7 +339,8 @@ class CudaRuntime:
                 "host_streamed_bytes_per_forward": self.host_plan.streamed_bytes,
                 "forwards": len(self._passes), "budget_bytes": self.budget, "weight_bytes": p.total_bytes,
                 "resident_bytes": p.resident_bytes, "streamed_bytes_per_forward": p.streamed_bytes,
-                "routed_bytes": p.routed_bytes, "lookup_bytes": p.lookup_bytes, "window_bytes": p.window_bytes, "streamed_runs": p.runs,
+                "routed_bytes": p.routed_bytes, "lookup_bytes": p.lookup_bytes, "window_bytes": p.window_bytes,
+                "streamed_runs": p.runs,
                 "warmup_bytes_read": self.warmup.bytes_read if self.warmup is not None else 0,
                 "warmup_running": int(self.warmup is not None and self.warmup.running)}
 

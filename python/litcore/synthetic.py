@@ -1,5 +1,6 @@
-"""Llama-shaped (and BERT-shaped) transformers model directories with seeded random weights,
-for examples, the demo, tests and benchmarks on machines that cannot download models."""
+"""Llama-shaped (and Mixtral- and BERT-shaped) transformers model directories with seeded
+random weights, for examples, the demo, tests and benchmarks on machines that cannot download
+models."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,8 @@ from typing import Dict
 
 import torch
 
-__all__ = ["LLAMA_SIZES", "llama_config", "bert_config", "make_model_dir", "make_tokenizer"]
+__all__ = ["LLAMA_SIZES", "MIXTRAL_SIZES", "llama_config", "mixtral_config", "bert_config", "make_model_dir",
+           "make_tokenizer"]
 
 # name -> LlamaConfig arguments. "1b" is a 1.1B Llama shape (TinyLlama's); "7b" is Llama-2-7B's.
 LLAMA_SIZES: Dict[str, dict] = {
@@ -23,14 +25,34 @@ LLAMA_SIZES: Dict[str, dict] = {
 }
 
 
-def llama_config(size: str = "tiny", **overrides):
-    from transformers import LlamaConfig
+def _sized_config(family: str, sizes: Dict[str, dict], size: str, overrides: dict):
+    import transformers
 
-    if size not in LLAMA_SIZES:
-        raise ValueError(f"size must be one of {', '.join(LLAMA_SIZES)}, got {size!r}")
-    args = dict(LLAMA_SIZES[size], max_position_embeddings=2048, architectures=["LlamaForCausalLM"])
+    if size not in sizes:
+        raise ValueError(f"size must be one of {', '.join(sizes)}, got {size!r}")
+    args = dict(sizes[size], max_position_embeddings=2048, architectures=[f"{family}ForCausalLM"])
     args.update(overrides)
-    return LlamaConfig(**args)
+    return getattr(transformers, f"{family}Config")(**args)
+
+
+def llama_config(size: str = "tiny", **overrides):
+    """A LlamaConfig of one of LLAMA_SIZES."""
+    return _sized_config("Llama", LLAMA_SIZES, size, overrides)
+
+
+# name -> MixtralConfig arguments. "moe" is a mixture-of-experts model of 1.58 GB in bf16, 1.41
+# GB of it experts (8 per layer, 2 chosen per token): a generated token reads a quarter of them.
+MIXTRAL_SIZES: Dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, num_local_experts=4, num_experts_per_tok=2),
+    "moe": dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=8, num_attention_heads=16,
+                num_key_value_heads=4, vocab_size=32000, num_local_experts=8, num_experts_per_tok=2),
+}
+
+
+def mixtral_config(size: str = "tiny", **overrides):
+    """A MixtralConfig of one of MIXTRAL_SIZES."""
+    return _sized_config("Mixtral", MIXTRAL_SIZES, size, overrides)
 
 
 def bert_config(**overrides):

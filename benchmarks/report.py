@@ -174,7 +174,8 @@ def chart(rows: List[Dict], meta: Dict, path: str) -> None:
         ax.set_xticklabels([f"{l} MB" if l else "no limit" for l in limits])
         ax.set_title(title)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{meta['model']} {meta.get('family', 'Llama')}-shaped model, {meta['weights_bytes'] / 1e9:.2f} GB bf16 — {meta['cpu']}")
+    fig.suptitle(f"{meta['model']} {meta.get('family', 'Llama')}-shaped model, "
+                 f"{meta['weights_bytes'] / 1e9:.2f} GB bf16 — {meta['cpu']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -244,7 +244,8 @@ def main() -> None:
             rows.append(row)
             print(report.one_line(row), flush=True)
     compare_exactness(rows)
-    meta = {"model": args.model, "family": family(args.model), "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
+    meta = {"model": args.model, "family": family(args.model),
+            "weights_bytes": os.path.getsize(os.path.join(paths["model_dir"], "model.safetensors")),
             "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
             "seconds": time.time() - started, "cpu": report.cpu_name(), "cpu_flags": report.cpu_flags(),
             "prompt_tokens": args.prompt_tokens, "cgroups": cgroup.available(), "cpu_isa": args.cpu_isa}

@@ -46,10 +46,12 @@ def load(system: str, args):
     if system == "pytorch-lit":
         from pytorch_lit import LitModule  # the original, from PYTHONPATH
 
+        import transformers
+
         config = AutoConfig.from_pretrained(args.model_dir)
+        model_class = getattr(transformers, config.architectures[0])  # built in the default dtype, not the config's
         torch.set_default_dtype(torch.float16)  # PyTorch-LIT has no bf16: its file is fp16
-        lit = LitModule.from_params(args.pytorch_lit_dir, lambda: AutoModelForCausalLM.from_config(config).eval(),
-                                    device="cpu")
+        lit = LitModule.from_params(args.pytorch_lit_dir, lambda: model_class(config).eval(), device="cpu")
         torch.set_default_dtype(torch.float32)
         return _PytorchLitModel(lit)
     raise ValueError(f"unknown system {system}")

@@ -232,8 +232,9 @@ def main() -> None:
                 before = disk_bandwidth(paths, max(file_bytes - limit, file_bytes // 4), limit, probes=1)
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
                           args.baseline, args.prompt_tokens, args.litcore_read_mode, args.row_timeout)
-            if system.startswith("litcore") and limit and report.io_bytes(row)[0]:
-                after = disk_bandwidth(paths, report.io_bytes(row)[0], limit, probes=1)
+            forward_bytes = report.io_bytes(row)[0]
+            if system.startswith("litcore") and limit and forward_bytes:
+                after = disk_bandwidth(paths, forward_bytes, limit, probes=1)
                 row["disk_bytes_per_s"] = before + after  # a failed probe leaves the other
             elif system.startswith("litcore") and not limit and "error" not in row:
                 # The cold start's floors: the whole file at the disk's speed, and at the speed

@@ -280,10 +280,7 @@ void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
     // A routed unit's experts are read now that its routing is known (the readers claimed
     // its room in the window and read nothing of it).
     if (experts_[unit] > 0) {
-      std::vector<ByteRange> parts = expert_parts(unit, experts);
-      prefetcher_->read_parts(unit, parts);
-      uint64_t bytes = 0;
-      for (const auto& r : parts) bytes += r.length;
+      uint64_t bytes = prefetcher_->read_parts(unit, expert_parts(unit, experts));
       std::lock_guard<std::mutex> lock(mu_);
       if (!plan_.resident.count(unit)) pass_routed_read_ = std::min(pass_routed_read_, bytes);
     }

@@ -317,11 +317,11 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
   ready_cv_.notify_all();
 }
 
-void Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
+uint64_t Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
   check_unit(unit);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!streamed_[unit] || !options_.deferred[unit]) return;
+    if (!streamed_[unit] || !options_.deferred[unit]) return 0;
   }
   uint64_t bytes = 0;
   for (const auto& r : parts) {
@@ -342,6 +342,7 @@ void Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
   stats_.timed_bytes += bytes;
   stats_.read_seconds += seconds;
   stats_.wait_seconds += seconds;  // the forward waits for its own reads
+  return bytes;
 }
 
 void Prefetcher::bill_locked(int unit) {

@@ -63,33 +63,40 @@ uint64_t read_ahead_window(std::vector<uint64_t> sizes, uint64_t largest, int de
   return window;
 }
 
+// Where routed units stream (Unit::routed), the window they need: the largest of them once
+// (claimed when it is entered, never ahead), beside the read-ahead room of the units of `run`
+// read whole that are not `resident`. 0 when `run` holds no routed unit.
+uint64_t routed_window(const std::vector<Unit>& units, const std::vector<int>& run, const std::set<int>& resident,
+                       int depth, uint64_t read_group) {
+  std::vector<uint64_t> sizes;
+  uint64_t largest = 0, largest_routed = 0;
+  for (int i : run) {
+    if (units[i].routed) {
+      largest_routed = std::max(largest_routed, units[i].nbytes);
+    } else if (!resident.count(i)) {
+      sizes.push_back(units[i].nbytes);
+      largest = std::max(largest, units[i].nbytes);
+    }
+  }
+  return largest_routed > 0 ? largest_routed + read_ahead_window(sizes, largest, depth, read_group) : 0;
+}
+
 // The window and the units `forced` leaves to place (in execution order).
 Fill start_fill(const std::vector<Unit>& units, const std::vector<int>& candidates, const std::set<int>& forced,
                 uint64_t room, int depth, uint64_t read_group, std::vector<int>& rest) {
   Fill f;
-  std::vector<uint64_t> sizes, whole_sizes;  // every unit left; those read whole
-  uint64_t largest = 0, largest_whole = 0, largest_routed = 0;
+  std::vector<uint64_t> sizes;
+  uint64_t largest = 0;
   for (int i : candidates) {
     if (forced.count(i)) continue;
     rest.push_back(i);
-    uint64_t n = units[i].nbytes;
-    sizes.push_back(n);
-    largest = std::max(largest, n);
-    if (units[i].routed) {
-      largest_routed = std::max(largest_routed, n);
-    } else {
-      whole_sizes.push_back(n);
-      largest_whole = std::max(largest_whole, n);
-    }
+    sizes.push_back(units[i].nbytes);
+    largest = std::max(largest, units[i].nbytes);
   }
   for (int i : forced) f.resident_bytes += units[i].nbytes;
   f.resident = f.forced = forced;
   uint64_t window = read_ahead_window(sizes, largest, depth, read_group);
-  // A routed unit is claimed when it is entered, never ahead: the window holds the largest
-  // of them once, beside what the reader reads ahead of the others.
-  if (largest_routed > 0) {
-    window = std::min(window, largest_routed + read_ahead_window(whole_sizes, largest_whole, depth, read_group));
-  }
+  if (uint64_t routed = routed_window(units, rest, {}, depth, read_group)) window = std::min(window, routed);
   f.window = std::min(window, room - f.resident_bytes);
   return f;
 }
@@ -122,15 +129,7 @@ Fill fill(const std::vector<Unit>& units, const std::vector<int>& candidates, co
   if (routed.empty()) return f;
   // The window was sized before the units read whole found room: it need only hold what
   // still streams, and what it no longer needs may keep routed units resident.
-  std::vector<uint64_t> sizes;
-  uint64_t largest = 0, largest_routed = 0;
-  for (int i : whole) {
-    if (f.resident.count(i)) continue;
-    sizes.push_back(units[i].nbytes);
-    largest = std::max(largest, units[i].nbytes);
-  }
-  for (int i : routed) largest_routed = std::max(largest_routed, units[i].nbytes);
-  uint64_t window = largest_routed + read_ahead_window(sizes, largest, depth, read_group);
+  uint64_t window = routed_window(units, rest, f.resident, depth, read_group);
   if (window < f.window) {
     spare += f.window - window;
     f.window = window;

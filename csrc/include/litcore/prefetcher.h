@@ -125,9 +125,9 @@ class Prefetcher {
   void wait(int unit);
   // Reads `parts` (byte ranges inside deferred `unit`, which wait() returned for) on the
   // calling thread, the way the readers read (the read mode's path), then maps them.
-  // Counted as this pass's reads and as IO wait. Nothing for a unit not streamed now (it is
-  // resident). Throws IOError naming the file.
-  void read_parts(int unit, const std::vector<ByteRange>& parts);
+  // Counted as this pass's reads and as IO wait; returns the bytes read. Nothing for a unit
+  // not streamed now (it is resident): 0. Throws IOError naming the file.
+  uint64_t read_parts(int unit, const std::vector<ByteRange>& parts);
   // The caller is done with `unit`: a streamed unit is dropped from memory.
   void done(int unit);
   // Drops every streamed unit not in use (e.g. between runs).

@@ -28,18 +28,23 @@ def mixtral(tmp_path_factory):
     return directory, lit_path, reference
 
 
-def _load(mixtral, **options):
+def _load(mixtral, share=4, **options):
+    """The model under 1/`share` of its weights' bytes: 1/4 leaves no room for the expert
+    cache beside the window, 1/2 room for 6 experts."""
     directory, lit_path, _ = mixtral
-    budget = litcore.plan_pretrained(directory, memory_budget="1GiB").total_bytes // 4
+    budget = litcore.plan_pretrained(directory, memory_budget="1GiB").total_bytes // share
     return litcore.from_pretrained(lit_path, memory_budget=budget, progress=False, **options)
 
 
 def _expected_reads(lit, chosen_per_layer: int) -> int:
     """The bytes a forward whose tokens chose `chosen_per_layer` experts in every layer reads:
-    every streamed unit whole, but the experts' units that share."""
+    every streamed unit whole, but the experts' units their share, less the experts it found
+    in the expert cache."""
     routed = set(lit.engine.routed_units())
-    return sum(unit.nbytes * chosen_per_layer // EXPERTS if i in routed else unit.nbytes
-               for i, unit in enumerate(lit.engine.units) if unit.name in lit.plan.streamed_modules)
+    whole = sum(unit.nbytes * chosen_per_layer // EXPERTS if i in routed else unit.nbytes
+                for i, unit in enumerate(lit.engine.units) if unit.name in lit.plan.streamed_modules)
+    slice_bytes = max(lit.engine.units[i].nbytes for i in routed) // EXPERTS if routed else 0
+    return whole - lit.stats()["last"]["expert_cache_hits"] * slice_bytes
 
 
 def test_a_token_reads_only_its_experts(mixtral):
@@ -127,3 +132,54 @@ def test_the_chosen_experts_are_in_memory_when_they_compute(mixtral):
         lit(torch.randint(3, 500, (1, 1), generator=torch.Generator().manual_seed(1)))
     assert len(seen) == len(streamed)
     assert all(gate_up == 1.0 and down == 1.0 for layer in seen for _, gate_up, down in layer), seen
+
+
+def test_the_experts_chosen_most_stay_cached_between_forwards(mixtral):
+    """Under half the model's bytes the budget has room for 6 experts beside the resident
+    weights and the window. A token forwarded again and again is routed to the same 8
+    experts (2 in each of 4 layers): they take the cache's places from the experts the prompt
+    chose less often, are found there, and are not read again; the cached experts' pages stay
+    in memory between forwards and the others' leave. Outputs stay `torch.equal`."""
+    lit = _load(mixtral, share=2)
+    reference = mixtral[2]
+    chosen = {}
+
+    def record(module, args):
+        chosen[module] = set(args[1].flatten().tolist())
+
+    streamed = [m for name, m in lit.module.named_modules() if name in lit.plan.streamed_modules and name.endswith("experts")]
+    assert len(streamed) == CONFIG["num_hidden_layers"]
+    for module in streamed:
+        module.register_forward_pre_hook(record)
+    prompt = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(0))
+    token = prompt[:, -1:]
+    slice_bytes = max(lit.engine.units[i].nbytes for i in lit.engine.routed_units()) // EXPERTS
+    with torch.no_grad():
+        assert torch.equal(lit(prompt).logits, reference(prompt).logits)
+        for _ in range(4):
+            assert torch.equal(lit(token).logits, reference(token).logits)
+            # the experts chosen and not found cached were read, and nothing else of the layers
+            stats = lit.stats()
+            assert stats["streamed_bytes_per_forward"] == 0
+            read = sum(len(c) for c in chosen.values()) * slice_bytes - stats["last"]["expert_cache_hits"] * slice_bytes
+            assert stats["last"]["bytes_read"] == read
+    room = stats["budget_bytes"] - stats["resident_bytes"] - stats["window_bytes"]
+    assert room // slice_bytes == 6
+    assert stats["expert_cache_bytes"] == 6 * slice_bytes
+    assert stats["last"]["expert_cache_hits"] == 6 and stats["last"]["bytes_read"] == 2 * slice_bytes
+    assert stats["total"]["expert_cache_hits"] >= 6
+    # In memory after the forward: exactly the cached experts, all of them the token's.
+    in_memory = [(module, e) for module in streamed for e in range(EXPERTS)
+                 if _in_memory_fraction(module.gate_up_proj[e]) == 1.0 and _in_memory_fraction(module.down_proj[e]) == 1.0]
+    assert len(in_memory) == 6 and all(e in chosen[module] for module, e in in_memory), in_memory
+    # The others left, but for what the page cache holds in a large folio with a cached
+    # slice (the kernel drops whole folios; these slices are 64-128 KiB, a real model's MBs).
+    left = sum(_in_memory_fraction(module.gate_up_proj[e]) * module.gate_up_proj[e].nbytes
+               + _in_memory_fraction(module.down_proj[e]) * module.down_proj[e].nbytes
+               for module in streamed for e in range(EXPERTS) if (module, e) not in in_memory)
+    assert left <= len({module for module, _ in in_memory}) * slice_bytes, left
+    with torch.no_grad():
+        assert torch.equal(lit(prompt).logits, reference(prompt).logits)
+        want = reference.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(lit.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), want)
+    assert lit.stats()["expert_cache_bytes"] <= room

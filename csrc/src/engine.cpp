@@ -34,7 +34,8 @@ std::vector<Stat> PassStats::fields() const {
           count("resident_bytes", resident_bytes),
           count("streamed_runs", static_cast<uint64_t>(streamed_runs)),
           count("budget_bytes", budget_bytes),
-          count("compute_threads", static_cast<uint64_t>(compute_threads))};
+          count("compute_threads", static_cast<uint64_t>(compute_threads)),
+          count("expert_cache_hits", expert_cache_hits)};
 }
 
 const char* residency_name(Residency r) {
@@ -127,6 +128,13 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
       expert_tensors_[i].push_back({t.offset, t.nbytes});
     }
   }
+  std::vector<uint64_t> slice_bytes;
+  for (size_t i = 0; i < units_.size(); ++i) {
+    slice_bytes.push_back(experts_[i] > 0 ? units_[i].nbytes / static_cast<uint64_t>(experts_[i]) : 0);
+  }
+  expert_cache_ = std::make_unique<ExpertCache>(experts_, slice_bytes);
+  chosen_.resize(units_.size());
+  chose_all_.assign(units_.size(), false);
   if (options_.verify == Verify::Full) {
     for (const auto& names : tensors_) store_->verify_once(names);
   }
@@ -158,6 +166,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     prefetcher_ = std::make_unique<Prefetcher>(store_->mapping(), ranges_, po);
     prefetcher_->set_lookup_cache(lookup_cache_bytes(plan_));
     prefetcher_->set_order(plan_.streamed_order);
+    size_expert_cache_locked();
   }
 }
 
@@ -210,6 +219,7 @@ void Engine::begin(bool restart) {
   if (peak_) peak_->reset();
   pass_order_.clear();
   pass_routed_read_ = kNoneRead;
+  pass_expert_hits_ = 0;
   open_.clear();
   compute_threads_.capture();
   pass_narrowed_ = false;
@@ -278,11 +288,25 @@ void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
   try {
     prefetcher_->wait(unit);
     // A routed unit's experts are read now that its routing is known (the readers claimed
-    // its room in the window and read nothing of it).
+    // its room in the window and read nothing of it), but those the expert cache holds.
     if (experts_[unit] > 0) {
-      uint64_t bytes = prefetcher_->read_parts(unit, expert_parts(unit, experts));
+      std::vector<int64_t> missing;
+      uint64_t hits = 0;
+      bool streamed = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        streamed = !plan_.resident.count(unit);
+        chose_all_[unit] = experts == nullptr;
+        chosen_[unit] = experts ? *experts : std::vector<int64_t>{};
+        if (streamed) missing = expert_cache_->missing(unit, experts, &hits);
+      }
+      uint64_t bytes = prefetcher_->read_parts(unit, expert_parts(unit, streamed ? &missing : experts));
       std::lock_guard<std::mutex> lock(mu_);
-      if (!plan_.resident.count(unit)) pass_routed_read_ = std::min(pass_routed_read_, bytes);
+      if (streamed) {
+        uint64_t slice = units_[unit].nbytes / static_cast<uint64_t>(experts_[unit]);
+        pass_routed_read_ = std::min(pass_routed_read_, bytes + hits * slice);
+        pass_expert_hits_ += hits;
+      }
     }
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -307,7 +331,55 @@ void Engine::exit(int unit) {
     if (unit == last_streamed_) compute_threads_.restore();
   }
   backend_->unbind(unit);
+  if (experts_[unit] > 0) cache_experts(unit);
   prefetcher_->done(unit);
+}
+
+std::vector<ByteRange> Engine::cached_ranges_locked(int unit) const {
+  std::vector<int64_t> ids;
+  for (int e : expert_cache_->cached_experts(unit)) ids.push_back(e);
+  return ids.empty() ? std::vector<ByteRange>{} : expert_parts(unit, &ids);
+}
+
+void Engine::cache_experts(int unit) {
+  std::vector<std::pair<int, std::vector<ByteRange>>> kept;  // per unit touched, its cached slices
+  std::vector<ByteRange> evicted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (plan_.resident.count(unit)) return;
+    auto update = expert_cache_->used(unit, chose_all_[unit] ? nullptr : &chosen_[unit], open_);
+    std::set<int> touched{unit};
+    for (const auto& [u, e] : update.evicted) {
+      std::vector<int64_t> one{e};
+      auto parts = expert_parts(u, &one);
+      evicted.insert(evicted.end(), parts.begin(), parts.end());
+      touched.insert(u);
+    }
+    for (int u : touched) kept.emplace_back(u, cached_ranges_locked(u));
+  }
+  for (auto& [u, ranges] : kept) prefetcher_->keep(u, std::move(ranges));
+  prefetcher_->release_ranges(evicted);
+}
+
+void Engine::size_expert_cache_locked() {
+  if (!prefetcher_) return;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    int unit = static_cast<int>(u);
+    if (experts_[u] > 0 && plan_.resident.count(unit) && !expert_cache_->cached_experts(unit).empty()) {
+      expert_cache_->forget(unit);  // its pages are resident weights now
+      prefetcher_->keep(unit, {});
+    }
+  }
+  std::set<int> touched;
+  std::vector<ByteRange> evicted;
+  for (const auto& [u, e] : expert_cache_->set_capacity(expert_cache_bytes(plan_))) {
+    std::vector<int64_t> one{e};
+    auto parts = expert_parts(u, &one);
+    evicted.insert(evicted.end(), parts.begin(), parts.end());
+    touched.insert(u);
+  }
+  for (int u : touched) prefetcher_->keep(u, cached_ranges_locked(u));
+  prefetcher_->release_ranges(evicted);
 }
 
 void Engine::abandon_locked() {
@@ -376,6 +448,7 @@ void Engine::end(bool failed) {
       entry.io_wait_seconds = s.wait_seconds;
       entry.read_seconds = s.read_seconds;
       entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
+      entry.expert_cache_hits = pass_expert_hits_;
     }
     entry.resident_bytes = plan_.resident_bytes;
     entry.streamed_runs = plan_.runs;
@@ -437,7 +510,8 @@ bool Engine::adapt_budget_locked(bool grow_only) {
       if (units_[unit].routed) largest = std::max(largest, units_[unit].nbytes);
     }
     uint64_t read = pass_routed_read_ == kNoneRead ? 0 : std::min(pass_routed_read_, largest);
-    uint64_t held = plan_.resident_bytes + plan_.window_bytes;
+    // The expert cache's share of that room is in use, and measured.
+    uint64_t held = plan_.resident_bytes + plan_.window_bytes + expert_cache_->bytes();
     room.free -= static_cast<int64_t>(largest - read + (budget_ > held ? budget_ - held : 0));
   }
   // While anything streams, the kernel's readahead past each read moves the peak from one
@@ -534,6 +608,7 @@ void Engine::switch_plan_locked(const Plan& plan) {
   Plan old = plan_;
   set_plan_locked(plan);
   prefetcher_->set_lookup_cache(lookup_cache_bytes(plan));
+  size_expert_cache_locked();
   if (plan.resident == old.resident && plan.streamed_order == old.streamed_order) return;  // newer figures only
   settling_ = true;
   prefetcher_->set_window(plan.window_bytes);
@@ -595,6 +670,7 @@ std::vector<Stat> Engine::summary() const {
           count("routed_bytes", plan_.routed_bytes),
           count("lookup_bytes", plan_.lookup_bytes),
           count("window_bytes", plan_.window_bytes),
+          count("expert_cache_bytes", expert_cache_->bytes()),
           count("streamed_runs", static_cast<uint64_t>(plan_.runs)),
           count("warmup_bytes_read", warmup_ ? warmup_->bytes_read() : 0),
           count("warmup_running", warmup_ && warmup_->running() ? 1 : 0),
@@ -613,6 +689,7 @@ std::vector<Stat> Engine::totals() const {
     sum.mispredicts += p.mispredicts;
     sum.io_wait_seconds += p.io_wait_seconds;
     sum.read_seconds += p.read_seconds;
+    sum.expert_cache_hits += p.expert_cache_hits;
   }
   std::vector<Stat> out;
   for (const auto& s : sum.fields()) {

@@ -34,6 +34,33 @@ std::vector<ByteRange> page_runs(std::vector<ByteRange> ranges) {
   return runs;
 }
 
+// `ranges` without `holes` (both in file order), each piece shrunk to whole pages where it
+// meets a hole: a page shared with a hole stays, as the hole's own.
+std::vector<ByteRange> without(const std::vector<ByteRange>& ranges, const std::vector<ByteRange>& holes) {
+  constexpr uint64_t kPage = 4096;
+  std::vector<ByteRange> out;
+  for (const auto& r : ranges) {
+    uint64_t at = r.offset, end = r.offset + r.length;
+    bool after_hole = false;
+    for (const auto& h : holes) {
+      uint64_t h_end = h.offset + h.length;
+      if (h_end <= at || h.offset >= end) continue;
+      if (h.offset > at) {
+        uint64_t first = after_hole ? (at + kPage - 1) / kPage * kPage : at;
+        uint64_t last = h.offset / kPage * kPage;
+        if (last > first) out.push_back({first, last - first});
+      }
+      at = std::max(at, h_end);
+      after_hole = true;
+    }
+    if (at < end) {
+      uint64_t first = after_hole ? (at + kPage - 1) / kPage * kPage : at;
+      if (end > first) out.push_back({first, end - first});
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 ReadMode resolve_read_mode(ReadMode mode, const Mapping& mapping) {
@@ -71,6 +98,7 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
     runs_.push_back(page_runs(units_[g]));
   }
   state_.assign(units_.size(), State::Idle);
+  kept_.resize(units_.size());
   in_use_.assign(units_.size(), 0);
   streamed_.assign(units_.size(), false);
   unbilled_.assign(units_.size(), false);
@@ -109,9 +137,39 @@ void Prefetcher::drop(int unit) {
     } catch (const std::exception&) {
       cached = UINT64_MAX;  // not measured: dropped as before
     }
-    if (cached <= lookup_cache_bytes_) return;
+    // Cached experts take the same room first (a row is a few KiB, an expert megabytes).
+    if (cached + kept_bytes_ <= lookup_cache_bytes_) return;
   }
-  for (const auto& r : direct() ? runs_[unit] : units_[unit]) mapping_->release(r.offset, r.length);
+  std::vector<ByteRange> ranges = direct() ? runs_[unit] : units_[unit];
+  {
+    std::lock_guard<std::mutex> lock(kept_mu_);
+    if (!kept_[unit].empty()) {
+      sort_by_offset(ranges);
+      ranges = without(ranges, kept_[unit]);
+    }
+  }
+  for (const auto& r : ranges) mapping_->release(r.offset, r.length);
+}
+
+void Prefetcher::keep(int unit, std::vector<ByteRange> ranges) {
+  check_unit(unit);
+  sort_by_offset(ranges);
+  uint64_t bytes = 0;
+  for (const auto& r : ranges) bytes += r.length;
+  std::lock_guard<std::mutex> lock(kept_mu_);
+  uint64_t before = 0;
+  for (const auto& r : kept_[unit]) before += r.length;
+  kept_[unit] = std::move(ranges);
+  kept_bytes_ += bytes;
+  kept_bytes_ -= before;
+}
+
+void Prefetcher::release_ranges(const std::vector<ByteRange>& ranges) {
+  constexpr uint64_t kPage = 4096;
+  for (const auto& r : ranges) {
+    uint64_t first = (r.offset + kPage - 1) / kPage * kPage, last = (r.offset + r.length) / kPage * kPage;
+    if (last > first) mapping_->release(first, last - first);
+  }
 }
 
 void Prefetcher::check_unit(int unit) const {

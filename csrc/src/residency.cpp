@@ -570,9 +570,15 @@ bool whole_holds(const MemoryRoom& room) {
   return room.limit && room.free + static_cast<int64_t>(room.other_cache) >= auto_reserve(room.limit) / 2;
 }
 
-uint64_t lookup_cache_bytes(const Plan& plan) {
+namespace {
+uint64_t spare_bytes(const Plan& plan) {
   uint64_t held = plan.resident_bytes + plan.window_bytes;
-  return plan.lookup_bytes > 0 && plan.budget > held ? plan.budget - held : 0;
+  return plan.budget > held ? plan.budget - held : 0;
 }
+}  // namespace
+
+uint64_t lookup_cache_bytes(const Plan& plan) { return plan.lookup_bytes > 0 ? spare_bytes(plan) : 0; }
+
+uint64_t expert_cache_bytes(const Plan& plan) { return plan.routed_bytes > 0 ? spare_bytes(plan) : 0; }
 
 }  // namespace litcore

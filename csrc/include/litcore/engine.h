@@ -18,6 +18,7 @@
 
 #include "litcore/compute_threads.h"
 #include "litcore/device_backend.h"
+#include "litcore/expert_cache.h"
 #include "litcore/pass_model.h"
 #include "litcore/prefetcher.h"
 #include "litcore/residency.h"
@@ -81,6 +82,9 @@ struct PassStats {
   uint64_t resident_bytes = 0;   // under the plan this forward ran
   int streamed_runs = 0;
   uint64_t budget_bytes = 0;     // the budget the forward ran under
+  // Experts of streamed routed units the forward's routing chose and found in the expert
+  // cache (expert_cache.h): not read.
+  uint64_t expert_cache_hits = 0;
   // Intra-op threads its streamed modules computed with: one fewer than the caller's where
   // the reads bound them (compute_threads.h), the caller's count otherwise.
   int compute_threads = 0;
@@ -191,6 +195,14 @@ class Engine {
   void enter_unit(int unit, const std::vector<int64_t>* experts);
   // The byte ranges of `experts`' slices of routed `unit` (all of its ranges where null).
   std::vector<ByteRange> expert_parts(int unit, const std::vector<int64_t>* experts) const;
+  // Routed `unit`'s module ran: the expert cache learns what it chose, and its pages and
+  // the evicted experts' are kept or dropped accordingly. Called without mu_.
+  void cache_experts(int unit);
+  // The expert cache takes the plan's room: what no longer fits, or belongs to a unit now
+  // resident, leaves it.
+  void size_expert_cache_locked();
+  // The byte ranges of `unit`'s experts in the expert cache.
+  std::vector<ByteRange> cached_ranges_locked(int unit) const;
 
   std::shared_ptr<Store> store_;
   std::vector<Unit> units_;
@@ -223,8 +235,14 @@ class Engine {
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::vector<int> pass_order_;  // units entered in this forward
-  // The fewest bytes of a streamed routed unit this forward read (its chosen experts' slices).
+  // The fewest bytes of a streamed routed unit this forward held (its chosen experts' slices).
   uint64_t pass_routed_read_ = 0;
+  uint64_t pass_expert_hits_ = 0;
+  // The experts of streamed routed units that stay in memory between forwards, and per
+  // unit what its routing chose when it was last entered (all: every expert).
+  std::unique_ptr<ExpertCache> expert_cache_;
+  std::vector<std::vector<int64_t>> chosen_;
+  std::vector<bool> chose_all_;
   std::vector<int> open_;        // entered and not yet exited
   std::vector<PassStats> passes_;
   std::vector<std::string> warnings_;

@@ -128,6 +128,12 @@ class Prefetcher {
   // Counted as this pass's reads and as IO wait; returns the bytes read. Nothing for a unit
   // not streamed now (it is resident): 0. Throws IOError naming the file.
   uint64_t read_parts(int unit, const std::vector<ByteRange>& parts);
+  // `ranges` (inside deferred `unit`: its cached experts' slices, expert_cache.h) stay in
+  // memory when the unit is dropped; replaces what was kept of it before.
+  void keep(int unit, std::vector<ByteRange> ranges);
+  // Drops `ranges` from memory now (a cached expert evicted): the pages wholly inside them,
+  // so that a neighbour still kept loses none of its own.
+  void release_ranges(const std::vector<ByteRange>& ranges);
   // The caller is done with `unit`: a streamed unit is dropped from memory.
   void done(int unit);
   // Drops every streamed unit not in use (e.g. between runs).
@@ -186,6 +192,10 @@ class Prefetcher {
   Options options_;
 
   std::atomic<uint64_t> lookup_cache_bytes_{0};
+  // Per unit, what drop() leaves in memory (keep()); its own lock, as drop() runs without mu_.
+  mutable std::mutex kept_mu_;
+  std::vector<std::vector<ByteRange>> kept_;
+  std::atomic<uint64_t> kept_bytes_{0};
   mutable std::mutex mu_;
   std::condition_variable work_cv_;   // the claimer: the window or the order changed
   std::condition_variable claimed_cv_;  // the readers: a group was claimed

@@ -293,18 +293,25 @@ void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
       std::vector<int64_t> missing;
       uint64_t hits = 0;
       bool streamed = false;
+      std::vector<ByteRange> evicted;
       {
         std::lock_guard<std::mutex> lock(mu_);
         streamed = !plan_.resident.count(unit);
         chose_all_[unit] = experts == nullptr;
         chosen_[unit] = experts ? *experts : std::vector<int64_t>{};
-        if (streamed) missing = expert_cache_->missing(unit, experts, &hits);
+        if (streamed) {
+          missing = expert_cache_->missing(unit, experts, &hits);
+          // The window's room the cache holds is given back for what this unit reads.
+          uint64_t need = missing.size() * (units_[unit].nbytes / static_cast<uint64_t>(experts_[unit]));
+          uint64_t capacity = expert_cache_->capacity();
+          evicted = evict_locked(expert_cache_->make_room(capacity > need ? capacity - need : 0, open_));
+        }
       }
+      prefetcher_->release_ranges(evicted);
       uint64_t bytes = prefetcher_->read_parts(unit, expert_parts(unit, streamed ? &missing : experts));
       std::lock_guard<std::mutex> lock(mu_);
       if (streamed) {
-        uint64_t slice = units_[unit].nbytes / static_cast<uint64_t>(experts_[unit]);
-        pass_routed_read_ = std::min(pass_routed_read_, bytes + hits * slice);
+        pass_routed_read_ = std::min(pass_routed_read_, bytes);
         pass_expert_hits_ += hits;
       }
     }
@@ -348,17 +355,24 @@ void Engine::cache_experts(int unit) {
     std::lock_guard<std::mutex> lock(mu_);
     if (plan_.resident.count(unit)) return;
     auto update = expert_cache_->used(unit, chose_all_[unit] ? nullptr : &chosen_[unit], open_);
-    std::set<int> touched{unit};
-    for (const auto& [u, e] : update.evicted) {
-      std::vector<int64_t> one{e};
-      auto parts = expert_parts(u, &one);
-      evicted.insert(evicted.end(), parts.begin(), parts.end());
-      touched.insert(u);
-    }
-    for (int u : touched) kept.emplace_back(u, cached_ranges_locked(u));
+    evicted = evict_locked(update.evicted);
+    kept.emplace_back(unit, cached_ranges_locked(unit));
   }
   for (auto& [u, ranges] : kept) prefetcher_->keep(u, std::move(ranges));
   prefetcher_->release_ranges(evicted);
+}
+
+std::vector<ByteRange> Engine::evict_locked(const std::vector<ExpertCache::Key>& evicted) {
+  std::set<int> touched;
+  std::vector<ByteRange> ranges;
+  for (const auto& [u, e] : evicted) {
+    std::vector<int64_t> one{e};
+    auto parts = expert_parts(u, &one);
+    ranges.insert(ranges.end(), parts.begin(), parts.end());
+    touched.insert(u);
+  }
+  for (int u : touched) prefetcher_->keep(u, cached_ranges_locked(u));
+  return ranges;
 }
 
 void Engine::size_expert_cache_locked() {
@@ -370,16 +384,7 @@ void Engine::size_expert_cache_locked() {
       prefetcher_->keep(unit, {});
     }
   }
-  std::set<int> touched;
-  std::vector<ByteRange> evicted;
-  for (const auto& [u, e] : expert_cache_->set_capacity(expert_cache_bytes(plan_))) {
-    std::vector<int64_t> one{e};
-    auto parts = expert_parts(u, &one);
-    evicted.insert(evicted.end(), parts.begin(), parts.end());
-    touched.insert(u);
-  }
-  for (int u : touched) prefetcher_->keep(u, cached_ranges_locked(u));
-  prefetcher_->release_ranges(evicted);
+  prefetcher_->release_ranges(evict_locked(expert_cache_->set_capacity(expert_cache_bytes(plan_, units_))));
 }
 
 void Engine::abandon_locked() {
@@ -510,9 +515,10 @@ bool Engine::adapt_budget_locked(bool grow_only) {
       if (units_[unit].routed) largest = std::max(largest, units_[unit].nbytes);
     }
     uint64_t read = pass_routed_read_ == kNoneRead ? 0 : std::min(pass_routed_read_, largest);
-    // The expert cache's share of that room is in use, and measured.
-    uint64_t held = plan_.resident_bytes + plan_.window_bytes + expert_cache_->bytes();
-    room.free -= static_cast<int64_t>(largest - read + (budget_ > held ? budget_ - held : 0));
+    // What the expert cache holds of that room is in use, and measured.
+    uint64_t read_ahead = plan_.window_bytes > largest ? plan_.window_bytes - largest : 0;
+    uint64_t held = plan_.resident_bytes + read_ahead + read + expert_cache_->bytes();
+    room.free -= static_cast<int64_t>(budget_ > held ? budget_ - held : 0);
   }
   // While anything streams, the kernel's readahead past each read moves the peak from one
   // forward to the next by about its reach: measured or not, that is kept free too.

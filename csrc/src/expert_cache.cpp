@@ -17,9 +17,14 @@ ExpertCache::ExpertCache(std::vector<int> experts, std::vector<uint64_t> slice_b
 
 std::vector<ExpertCache::Key> ExpertCache::set_capacity(uint64_t bytes) {
   capacity_ = bytes;
+  return make_room(bytes, {});
+}
+
+std::vector<ExpertCache::Key> ExpertCache::make_room(uint64_t bytes, const std::vector<int>& busy) {
   std::vector<Key> evicted;
-  while (bytes_ > capacity_) {
-    Key key = least_used({});
+  while (bytes_ > bytes) {
+    Key key = least_used(busy);
+    if (key.first < 0) break;
     evict(key);
     evicted.push_back(key);
   }

@@ -203,6 +203,9 @@ class Engine {
   void size_expert_cache_locked();
   // The byte ranges of `unit`'s experts in the expert cache.
   std::vector<ByteRange> cached_ranges_locked(int unit) const;
+  // The cache evicted `evicted`: the units they belong to keep only their other cached
+  // experts; returns the evicted experts' byte ranges, for the caller to drop from memory.
+  std::vector<ByteRange> evict_locked(const std::vector<ExpertCache::Key>& evicted);
 
   std::shared_ptr<Store> store_;
   std::vector<Unit> units_;
@@ -235,7 +238,8 @@ class Engine {
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::vector<int> pass_order_;  // units entered in this forward
-  // The fewest bytes of a streamed routed unit this forward held (its chosen experts' slices).
+  // The fewest bytes a streamed routed unit read this forward (its chosen experts' slices
+  // not in the expert cache).
   uint64_t pass_routed_read_ = 0;
   uint64_t pass_expert_hits_ = 0;
   // The experts of streamed routed units that stay in memory between forwards, and per

@@ -1,6 +1,9 @@
 // The expert cache: which experts of streamed mixture-of-experts layers stay in memory
 // between forwards, in the budget's room that neither the resident weights nor the window
-// use (a layer's experts that do not fit whole leave up to one layer's worth of it unused).
+// use (a layer's experts that do not fit whole leave up to one layer's worth of it unused),
+// and in the window's room for a layer's experts that a forward leaves unread (a generated
+// token of Mixtral reads 2 of 8): before a layer's experts are read, the cache gives back
+// what they need of it (make_room).
 //
 // A forward visits the layers in a cycle, so the unit just used is the one needed furthest
 // ahead: a cache that admits what it last saw (LRU) would, full, evict what the next layers
@@ -28,6 +31,9 @@ class ExpertCache {
 
   // The bytes the cache may hold. Returns the experts evicted to fit (none while they do).
   std::vector<Key> set_capacity(uint64_t bytes);
+  // Evicts the least chosen experts of units not in `busy` until the cache holds at most
+  // `bytes` (or only busy units' experts are left); returns them.
+  std::vector<Key> make_room(uint64_t bytes, const std::vector<int>& busy);
   // Routed `unit` stops streaming (it became resident, or the plan changed): its cached
   // experts are forgotten without being evicted (their pages are the unit's now).
   void forget(int unit);

@@ -53,9 +53,10 @@ struct Plan {
 // weight but the embedding resident under a 2.4 GB limit, dropping the 32 rows a forward
 // touched and reading them again cost 0.009 s of a 0.16 s forward.
 uint64_t lookup_cache_bytes(const Plan& plan);
-// The same room, for the experts of streamed mixture-of-experts layers to stay cached in
-// (expert_cache.h): none where no routed unit streams.
-uint64_t expert_cache_bytes(const Plan& plan);
+// What the expert cache may hold (expert_cache.h): the same room, and the window's room for
+// the largest streamed routed unit of `units`, which it gives back as a layer's experts are
+// read; none where no routed unit streams.
+uint64_t expert_cache_bytes(const Plan& plan, const std::vector<Unit>& units);
 
 // The budget cannot hold what must stay resident plus the largest streamed module.
 class BudgetTooSmallError : public std::invalid_argument {

@@ -304,7 +304,7 @@ class CudaRuntime:
             return
         entry: Dict[str, Any] = {"forward_seconds": time.perf_counter() - self._started, "bytes_read": 0,
                                  "prefetch_hits": 0, "prefetch_misses": 0, "mispredicts": 0, "io_wait_seconds": 0.0,
-                                 "read_seconds": 0.0, "peak_in_flight_bytes": 0}
+                                 "read_seconds": 0.0, "peak_in_flight_bytes": 0, "expert_cache_hits": 0}
         if self.host is not None:
             s = self.host.stats()
             self.host.reset_stats()
@@ -340,6 +340,7 @@ class CudaRuntime:
                 "forwards": len(self._passes), "budget_bytes": self.budget, "weight_bytes": p.total_bytes,
                 "resident_bytes": p.resident_bytes, "streamed_bytes_per_forward": p.streamed_bytes,
                 "routed_bytes": p.routed_bytes, "lookup_bytes": p.lookup_bytes, "window_bytes": p.window_bytes,
+                "expert_cache_bytes": 0,  # experts are read whole on this path
                 "streamed_runs": p.runs,
                 "warmup_bytes_read": self.warmup.bytes_read if self.warmup is not None else 0,
                 "warmup_running": int(self.warmup is not None and self.warmup.running)}

@@ -349,16 +349,14 @@ std::vector<ByteRange> Engine::cached_ranges_locked(int unit) const {
 }
 
 void Engine::cache_experts(int unit) {
-  std::vector<std::pair<int, std::vector<ByteRange>>> kept;  // per unit touched, its cached slices
-  std::vector<ByteRange> evicted;
+  std::vector<ByteRange> kept, evicted;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (plan_.resident.count(unit)) return;
-    auto update = expert_cache_->used(unit, chose_all_[unit] ? nullptr : &chosen_[unit], open_);
-    evicted = evict_locked(update.evicted);
-    kept.emplace_back(unit, cached_ranges_locked(unit));
+    evicted = evict_locked(expert_cache_->used(unit, chose_all_[unit] ? nullptr : &chosen_[unit], open_));
+    kept = cached_ranges_locked(unit);
   }
-  for (auto& [u, ranges] : kept) prefetcher_->keep(u, std::move(ranges));
+  prefetcher_->keep(unit, std::move(kept));  // before the unit is dropped
   prefetcher_->release_ranges(evicted);
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <stdexcept>
-#include <string>
 
 namespace litcore {
 
@@ -92,10 +91,11 @@ void ExpertCache::evict(const Key& key) {
   bytes_ -= slice_bytes_[key.first];
 }
 
-ExpertCache::Update ExpertCache::used(int unit, const std::vector<int64_t>* chosen, const std::vector<int>& busy) {
-  Update update;
+std::vector<ExpertCache::Key> ExpertCache::used(int unit, const std::vector<int64_t>* chosen,
+                                                const std::vector<int>& busy) {
+  std::vector<Key> evicted;
   int n = experts_[unit];
-  if (n <= 0) return update;
+  if (n <= 0) return evicted;
   if (chosen == nullptr) {
     for (auto& c : chosen_count_[unit]) ++c;
   } else {
@@ -104,7 +104,7 @@ ExpertCache::Update ExpertCache::used(int unit, const std::vector<int64_t>* chos
     }
   }
   uint64_t slice = slice_bytes_[unit];
-  if (slice == 0 || slice > capacity_) return update;
+  if (slice == 0 || slice > capacity_) return evicted;
   // The most chosen first: where only some fit, they are the ones worth keeping.
   std::vector<int64_t> ids = missing(unit, chosen);
   std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) {
@@ -116,13 +116,13 @@ ExpertCache::Update ExpertCache::used(int unit, const std::vector<int64_t>* chos
       Key victim = least_used(busy);
       if (victim.first < 0 || chosen_count_[victim.first][victim.second] >= count) break;
       evict(victim);
-      update.evicted.push_back(victim);
+      evicted.push_back(victim);
     }
     if (bytes_ + slice > capacity_) break;  // the rest were chosen no more often
     cached_[unit][static_cast<size_t>(e)] = true;
     bytes_ += slice;
   }
-  return update;
+  return evicted;
 }
 
 std::vector<int> ExpertCache::cached_experts(int unit) const {

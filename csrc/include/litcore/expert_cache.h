@@ -42,13 +42,10 @@ class ExpertCache {
   std::vector<int64_t> missing(int unit, const std::vector<int64_t>* chosen, uint64_t* hits = nullptr) const;
   bool cached(int unit, int expert) const;
 
-  struct Update {
-    std::vector<Key> evicted;  // to drop from memory now
-  };
   // `unit`'s module ran with `chosen` (null: every expert): counts them, and keeps those
   // that fit or were chosen more often than the least chosen cached expert of a unit not in
-  // `busy` (in use now: its pages must stay).
-  Update used(int unit, const std::vector<int64_t>* chosen, const std::vector<int>& busy);
+  // `busy` (in use now: its pages must stay). Returns the experts evicted for them.
+  std::vector<Key> used(int unit, const std::vector<int64_t>* chosen, const std::vector<int>& busy);
 
   // The experts of `unit` cached now, in index order.
   std::vector<int> cached_experts(int unit) const;

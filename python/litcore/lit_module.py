@@ -194,8 +194,10 @@ class LitModule:
         """The engine's figures: the plan's (budget, resident and streamed bytes, window,
         runs), the warm-up's, and per forward the bytes read from storage, prefetch
         hits/misses/mispredicts, the seconds the forward waited on IO and the seconds the
-        reader spent reading (near `forward_seconds`: the disk bounds the forward); `last` is the
-        latest forward, `total` the sums. With device="cuda", resident and streamed bytes
+        reader spent reading (near `forward_seconds`: the disk bounds the forward). For
+        mixture-of-experts layers, `routed_bytes` streams by routing, `expert_cache_bytes` of
+        their experts stay cached, and each forward counts the chosen experts it found cached
+        (`expert_cache_hits`). `last` is the latest forward, `total` the sums. With device="cuda", resident and streamed bytes
         are the device's, `host_*` the host's, and each forward adds the bytes copied to the
         device and the copy stream's hits/misses."""
         passes = self.engine.passes()

@@ -302,7 +302,7 @@ void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
         if (streamed) {
           missing = expert_cache_->missing(unit, experts, &hits);
           // The window's room the cache holds is given back for what this unit reads.
-          uint64_t need = missing.size() * (units_[unit].nbytes / static_cast<uint64_t>(experts_[unit]));
+          uint64_t need = missing.size() * expert_cache_->slice_bytes(unit);
           uint64_t capacity = expert_cache_->capacity();
           evicted = evict_locked(expert_cache_->make_room(capacity > need ? capacity - need : 0, open_));
         }
@@ -508,10 +508,7 @@ bool Engine::adapt_budget_locked(bool grow_only) {
     // than a unit read whole (a layer's experts that did not fit). Counted as room, the
     // budget would grow by them into the next layer's experts, a forward would then meet
     // the limit, and the budget shrink again, forward after forward.
-    uint64_t largest = 0;
-    for (int unit : plan_.streamed_order) {
-      if (units_[unit].routed) largest = std::max(largest, units_[unit].nbytes);
-    }
+    uint64_t largest = largest_streamed_routed(plan_, units_);
     uint64_t read = pass_routed_read_ == kNoneRead ? 0 : std::min(pass_routed_read_, largest);
     // What the expert cache holds of that room is in use, and measured.
     uint64_t read_ahead = plan_.window_bytes > largest ? plan_.window_bytes - largest : 0;

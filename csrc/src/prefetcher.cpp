@@ -18,13 +18,16 @@ using Clock = std::chrono::steady_clock;
 // registers its ~10 modules in another order than it runs them.
 constexpr size_t kReorderSpan = 16;
 
+constexpr uint64_t kPage = 4096;  // the format's alignment; Mapping::place checks the OS's
+uint64_t page_floor(uint64_t offset) { return offset / kPage * kPage; }
+uint64_t page_ceil(uint64_t offset) { return (offset + kPage - 1) / kPage * kPage; }
+
 std::vector<ByteRange> page_runs(std::vector<ByteRange> ranges) {
-  constexpr uint64_t kPage = 4096;  // the format's alignment; Mapping::place checks the OS's
   sort_by_offset(ranges);
   std::vector<ByteRange> runs;
   for (const auto& r : ranges) {
     if (r.length == 0) continue;
-    uint64_t end = (r.offset + r.length + kPage - 1) / kPage * kPage;
+    uint64_t end = page_ceil(r.offset + r.length);
     if (!runs.empty() && r.offset <= runs.back().offset + runs.back().length) {
       runs.back().length = std::max(runs.back().length, end - runs.back().offset);
     } else {
@@ -37,7 +40,6 @@ std::vector<ByteRange> page_runs(std::vector<ByteRange> ranges) {
 // `ranges` without `holes` (both in file order), each piece shrunk to whole pages where it
 // meets a hole: a page shared with a hole stays, as the hole's own.
 std::vector<ByteRange> without(const std::vector<ByteRange>& ranges, const std::vector<ByteRange>& holes) {
-  constexpr uint64_t kPage = 4096;
   std::vector<ByteRange> out;
   for (const auto& r : ranges) {
     uint64_t at = r.offset, end = r.offset + r.length;
@@ -46,15 +48,15 @@ std::vector<ByteRange> without(const std::vector<ByteRange>& ranges, const std::
       uint64_t h_end = h.offset + h.length;
       if (h_end <= at || h.offset >= end) continue;
       if (h.offset > at) {
-        uint64_t first = after_hole ? (at + kPage - 1) / kPage * kPage : at;
-        uint64_t last = h.offset / kPage * kPage;
+        uint64_t first = after_hole ? page_ceil(at) : at;
+        uint64_t last = page_floor(h.offset);
         if (last > first) out.push_back({first, last - first});
       }
       at = std::max(at, h_end);
       after_hole = true;
     }
     if (at < end) {
-      uint64_t first = after_hole ? (at + kPage - 1) / kPage * kPage : at;
+      uint64_t first = after_hole ? page_ceil(at) : at;
       if (end > first) out.push_back({first, end - first});
     }
   }
@@ -165,9 +167,8 @@ void Prefetcher::keep(int unit, std::vector<ByteRange> ranges) {
 }
 
 void Prefetcher::release_ranges(const std::vector<ByteRange>& ranges) {
-  constexpr uint64_t kPage = 4096;
   for (const auto& r : ranges) {
-    uint64_t first = (r.offset + kPage - 1) / kPage * kPage, last = (r.offset + r.length) / kPage * kPage;
+    uint64_t first = page_ceil(r.offset), last = page_floor(r.offset + r.length);
     if (last > first) mapping_->release(first, last - first);
   }
 }

@@ -579,11 +579,16 @@ uint64_t spare_bytes(const Plan& plan) {
 
 uint64_t lookup_cache_bytes(const Plan& plan) { return plan.lookup_bytes > 0 ? spare_bytes(plan) : 0; }
 
-uint64_t expert_cache_bytes(const Plan& plan, const std::vector<Unit>& units) {
+uint64_t largest_streamed_routed(const Plan& plan, const std::vector<Unit>& units) {
   uint64_t largest = 0;
   for (int i : plan.streamed_order) {
     if (units[i].routed) largest = std::max(largest, units[i].nbytes);
   }
+  return largest;
+}
+
+uint64_t expert_cache_bytes(const Plan& plan, const std::vector<Unit>& units) {
+  uint64_t largest = largest_streamed_routed(plan, units);
   return largest > 0 ? spare_bytes(plan) + largest : 0;
 }
 

@@ -152,7 +152,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     reads = (f", read {_human(total['bytes_read'])} at {total['bytes_read'] / total['read_seconds'] / 2**20:.0f} MiB/s"
              if total["read_seconds"] > 0 else "")
     routed = (f", experts {_human(stats['routed_bytes'])} read by routing"
-              f" ({_human(stats.get('expert_cache_bytes', 0))} of them cached)" if stats["routed_bytes"] else "")
+              f" ({_human(stats['expert_cache_bytes'])} of them cached)" if stats["routed_bytes"] else "")
     print(f"[litcore] {new} tokens in {took:.2f} s ({new / took:.2f} tokens/s); resident "
           f"{_human(stats['resident_bytes'])}, streamed {_human(stats['streamed_bytes_per_forward'])} per forward"
           f"{routed}; waited {total['io_wait_seconds']:.2f} s on IO{reads}", flush=True)

@@ -49,6 +49,7 @@ class ExpertCache {
 
   // The experts of `unit` cached now, in index order.
   std::vector<int> cached_experts(int unit) const;
+  uint64_t slice_bytes(int unit) const { return slice_bytes_[unit]; }
   uint64_t bytes() const { return bytes_; }
   uint64_t capacity() const { return capacity_; }
 

@@ -57,6 +57,8 @@ uint64_t lookup_cache_bytes(const Plan& plan);
 // the largest streamed routed unit of `units`, which it gives back as a layer's experts are
 // read; none where no routed unit streams.
 uint64_t expert_cache_bytes(const Plan& plan, const std::vector<Unit>& units);
+// The largest routed unit of `units` that `plan` streams (0: none).
+uint64_t largest_streamed_routed(const Plan& plan, const std::vector<Unit>& units);
 
 // The budget cannot hold what must stay resident plus the largest streamed module.
 class BudgetTooSmallError : public std::invalid_argument {

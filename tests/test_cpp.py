@@ -52,7 +52,8 @@ def test_cpp_auto_budget_decisions(cpp_tests):
 def test_cpp_expert_cache_policy(cpp_tests):
     """The expert cache's policy on hand-made routings: what fits is kept, a cached expert
     gives its place only to one chosen more often, room is made from the least chosen of
-    units not in use, a smaller capacity evicts."""
+    units not in use, a smaller capacity evicts, and counts that halve let shifted routing
+    replace the earlier favourites sooner."""
     r = subprocess.run([str(cpp_tests / "expert_cache_check")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "failures 0" in r.stdout, r.stdout + r.stderr
-    assert r.stdout.count("ok ") == 19, r.stdout
+    assert r.stdout.count("ok ") == 22, r.stdout

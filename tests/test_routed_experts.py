@@ -187,3 +187,43 @@ def test_the_experts_chosen_most_stay_cached_between_forwards(mixtral):
         want = reference.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(lit.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), want)
     assert lit.stats()["expert_cache_bytes"] <= room + EXPERTS * slice_bytes
+
+
+def test_the_expert_cache_follows_routing_that_shifts(mixtral):
+    """A token forwarded 300 times makes its 8 experts the cache's favourites; another token,
+    routed to 8 other experts, finds 6 places free and must displace 2 of them. The counts
+    halve every 256 forwards, so it does so in under 300 forwards: counts that never halved
+    would keep the first token's experts until the second's were chosen 301 times."""
+    lit = _load(mixtral, share=2)
+    reference = mixtral[2]
+    chosen = {}
+
+    def record(module, args):
+        chosen[module.layer] = frozenset(args[1].flatten().tolist())
+
+    layers = [m for name, m in reference.named_modules() if name.endswith("mlp.experts")]
+    hooks = []
+    for index, module in enumerate(layers):
+        module.layer = index
+        hooks.append(module.register_forward_pre_hook(record))
+    routing = {}
+    with torch.no_grad():
+        for token in range(3, 200):
+            reference(torch.tensor([[token]]))
+            routing[token] = dict(chosen)
+    for hook in hooks:
+        hook.remove()
+    first, second = next((a, b) for a in routing for b in routing
+                         if all(not (routing[a][layer] & routing[b][layer]) for layer in range(len(layers))))
+    with torch.no_grad():
+        for _ in range(300):
+            lit(torch.tensor([[first]]))
+        assert lit.stats()["last"]["bytes_read"] == 0
+        token = torch.tensor([[second]])
+        for forwards in range(1, 301):
+            logits = lit(token).logits
+            if lit.stats()["last"]["bytes_read"] == 0:
+                break
+        assert forwards < 300, "the second token's experts never displaced the first's"
+        assert lit.stats()["last"]["expert_cache_hits"] == 8
+        assert torch.equal(logits, reference(token).logits)

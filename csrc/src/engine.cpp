@@ -409,6 +409,7 @@ void Engine::end(bool failed) {
     }
     if (--depth_ > 0) return;
     compute_threads_.restore();
+    expert_cache_->forward_done();
     if (options_.verify == Verify::Lazy && !unread_verified_) {
       unread_verified_ = verify_now = true;
       verify_streamed = plan_.streamed_order;  // the plan this forward ran

@@ -5,12 +5,20 @@
 
 namespace litcore {
 
-ExpertCache::ExpertCache(std::vector<int> experts, std::vector<uint64_t> slice_bytes)
-    : experts_(std::move(experts)), slice_bytes_(std::move(slice_bytes)) {
+ExpertCache::ExpertCache(std::vector<int> experts, std::vector<uint64_t> slice_bytes, uint64_t half_life)
+    : experts_(std::move(experts)), slice_bytes_(std::move(slice_bytes)), half_life_(half_life) {
   if (experts_.size() != slice_bytes_.size()) throw std::invalid_argument("litcore: expert cache sizes differ");
   for (int n : experts_) {
     chosen_count_.emplace_back(static_cast<size_t>(std::max(n, 0)), 0);
     cached_.emplace_back(static_cast<size_t>(std::max(n, 0)), false);
+  }
+}
+
+void ExpertCache::forward_done() {
+  if (half_life_ == 0 || ++forwards_ < half_life_) return;
+  forwards_ = 0;
+  for (auto& counts : chosen_count_) {
+    for (auto& c : counts) c /= 2;
   }
 }
 

@@ -81,6 +81,32 @@ int main() {
   expect("within it", cache.bytes(), uint64_t{10});
   expect("a slice over the capacity is never cached", litcore::ExpertCache({2}, {50}).used(0, &one, {}), Keys{});
 
+  // Routing that shifts: expert 0 chosen in 8 forwards, then expert 1 in every forward.
+  // Counts halving every 4 forwards, expert 1 takes the one place in the 4th forward; never
+  // halving, in the 9th (only once chosen more often in all than expert 0 ever was).
+  auto forwards_until_replaced = [&](uint64_t half_life) {
+    litcore::ExpertCache shifting({2}, {10}, half_life);
+    shifting.set_capacity(10);
+    Ids first{0}, second{1};
+    for (int f = 0; f < 8; ++f) {
+      shifting.used(0, &first, {});
+      shifting.forward_done();
+    }
+    for (uint64_t f = 1; f <= 100; ++f) {
+      bool replaced = !shifting.used(0, &second, {}).empty();
+      shifting.forward_done();
+      if (replaced) return shifting.cached_experts(0) == std::vector<int>{1} ? f : 0;
+    }
+    return uint64_t{0};
+  };
+  expect("halving counts: the new favourite in the 4th forward", forwards_until_replaced(4), uint64_t{4});
+  expect("never halving: in the 9th", forwards_until_replaced(0), uint64_t{9});
+  litcore::ExpertCache halved({2}, {10}, 1);
+  halved.set_capacity(10);
+  halved.used(0, &one, {});
+  halved.forward_done();
+  expect("halving evicts nothing", halved.cached_experts(0), std::vector<int>{0});
+
   std::cout << "failures " << failures << "\n";
   return failures ? 1 : 0;
 }

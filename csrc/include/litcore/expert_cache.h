@@ -10,6 +10,10 @@
 // need first. What pays is a stable set of the experts routed to most often: each expert a
 // forward chose is counted, and it takes a cached expert's place only when it was chosen
 // more often. Replacing costs no read (the new expert was read for this forward anyway).
+// The counts halve every `half_life` forwards, all units together (they are compared
+// across units): when routing shifts (another request, another language), the new
+// favourites displace the old within a few hundred tokens, not only once they were chosen
+// more often in all than the old ones ever were.
 //
 // Policy only: the engine reads what missing() names and keeps or drops the pages.
 #pragma once
@@ -25,9 +29,14 @@ class ExpertCache {
   // An expert of a routed unit: (unit, expert index).
   using Key = std::pair<int, int>;
 
+  // A generated reply's length: long enough that one reply's favourites are kept through
+  // it, short enough that the next reply's routing is followed.
+  static constexpr uint64_t kHalfLife = 256;
+
   // `experts[u]`: how many experts routed unit u stacks (0: not routed); `slice_bytes[u]`:
-  // the bytes of one of them (its slice of every tensor).
-  ExpertCache(std::vector<int> experts, std::vector<uint64_t> slice_bytes);
+  // the bytes of one of them (its slice of every tensor); `half_life`: the forwards after
+  // which the counts halve (0: never).
+  ExpertCache(std::vector<int> experts, std::vector<uint64_t> slice_bytes, uint64_t half_life = kHalfLife);
 
   // The bytes the cache may hold. Returns the experts evicted to fit (none while they do).
   std::vector<Key> set_capacity(uint64_t bytes);
@@ -46,6 +55,8 @@ class ExpertCache {
   // that fit or were chosen more often than the least chosen cached expert of a unit not in
   // `busy` (in use now: its pages must stay). Returns the experts evicted for them.
   std::vector<Key> used(int unit, const std::vector<int64_t>* chosen, const std::vector<int>& busy);
+  // A forward ended: every `half_life` of them, every count halves (the cache is unchanged).
+  void forward_done();
 
   // The experts of `unit` cached now, in index order.
   std::vector<int> cached_experts(int unit) const;
@@ -65,6 +76,8 @@ class ExpertCache {
   std::vector<std::vector<bool>> cached_;             // per unit, per expert
   uint64_t capacity_ = 0;
   uint64_t bytes_ = 0;
+  uint64_t half_life_;
+  uint64_t forwards_ = 0;  // since the counts last halved
 };
 
 }  // namespace litcore

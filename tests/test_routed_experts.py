@@ -199,22 +199,19 @@ def test_the_expert_cache_follows_routing_that_shifts(mixtral):
     chosen = {}
 
     def record(module, args):
-        chosen[module.layer] = frozenset(args[1].flatten().tolist())
+        chosen[module] = frozenset(args[1].flatten().tolist())
 
     layers = [m for name, m in reference.named_modules() if name.endswith("mlp.experts")]
-    hooks = []
-    for index, module in enumerate(layers):
-        module.layer = index
-        hooks.append(module.register_forward_pre_hook(record))
+    hooks = [module.register_forward_pre_hook(record) for module in layers]
     routing = {}
     with torch.no_grad():
         for token in range(3, 200):
             reference(torch.tensor([[token]]))
-            routing[token] = dict(chosen)
+            routing[token] = [chosen[module] for module in layers]
     for hook in hooks:
         hook.remove()
     first, second = next((a, b) for a in routing for b in routing
-                         if all(not (routing[a][layer] & routing[b][layer]) for layer in range(len(layers))))
+                         if all(not (x & y) for x, y in zip(routing[a], routing[b])))
     with torch.no_grad():
         for _ in range(300):
             lit(torch.tensor([[first]]))

@@ -84,7 +84,7 @@ int main() {
   // Routing that shifts: expert 0 chosen in 8 forwards, then expert 1 in every forward.
   // Counts halving every 4 forwards, expert 1 takes the one place in the 4th forward; never
   // halving, in the 9th (only once chosen more often in all than expert 0 ever was).
-  auto forwards_until_replaced = [&](uint64_t half_life) {
+  auto forwards_until_replaced = [](uint64_t half_life) {
     litcore::ExpertCache shifting({2}, {10}, half_life);
     shifting.set_capacity(10);
     Ids first{0}, second{1};

@@ -229,8 +229,8 @@ def test_auto_holds_a_mixture_of_experts_model_under_its_limit(tmp_path):
     assert result["failcnt"] <= 16 and result["prefill_failcnt"] == [0, 0, 0], result
     budgets, resident = result["budgets"], result["resident"]
     # Grows from where it started, and settles: the last 7 forwards (the last prompt among
-    # them) ran one budget. On the way it may step back once or twice (a step measured after
-    # one forward overstates the room a later one leaves), never forward after forward.
+    # them) ran one budget. On the way it may step back once or twice, never forward after
+    # forward.
     assert min(budgets[1:]) >= budgets[0] and len(set(budgets[-7:])) == 1, result
     assert resident[-1] > 0 and result["streamed"] == 0 and result["routed"] > 0, result
     for out in torch.load(tmp_path / "logits.pt"):

@@ -198,8 +198,8 @@ class LitModule:
         mixture-of-experts layers, `routed_bytes` streams by routing, `expert_cache_bytes` of
         their experts stay cached, and each forward counts the chosen experts it found cached
         (`expert_cache_hits`). `last` is the latest forward, `total` the sums. With
-        device="cuda", resident and streamed bytes are the device's, `host_*` the host's, and each forward adds the bytes copied to the
-        device and the copy stream's hits/misses."""
+        device="cuda", resident and streamed bytes are the device's, `host_*` the host's, and
+        each forward adds the bytes copied to the device and the copy stream's hits/misses."""
         passes = self.engine.passes()
         return {
             **self.engine.summary(),

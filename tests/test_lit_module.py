@@ -1,4 +1,5 @@
 """LitModule on plain nn.Modules: bit-exact outputs, every budget, mismatches, lifetime."""
+import ctypes
 import gc
 import os
 import time
@@ -375,6 +376,50 @@ def test_a_spread_layout_is_bit_exact_and_adopted_cleanly(tmp):
     after = lit.stats()["per_forward"][1]  # the forward after the switch runs the new plan (it is not re-planned)
     assert after["streamed_runs"] == plan.runs and after["mispredicts"] == 0
     assert after["bytes_read"] >= plan.streamed_bytes - plan.window_bytes
+
+
+def _in_memory_fraction(t: torch.Tensor) -> float:
+    """The share of `t`'s pages in memory (mincore over the mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = t.data_ptr() & ~4095
+    length = (t.data_ptr() + t.numel() * t.element_size() - start + 4095) & ~4095
+    pages = (ctypes.c_ubyte * (length // 4096))()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), pages) == 0, ctypes.get_errno()
+    return sum(p & 1 for p in pages) / len(pages)
+
+
+def test_modules_a_new_plan_makes_resident_are_read_in_as_the_forward_ends(tmp):
+    """A model that runs its layers in the reverse of the order it registers them: the plan
+    made before the first forward keeps the first registered layers resident, the one its
+    order makes keeps the last. Those are read in whole as the first forward ends (the build
+    before left them to come in page by page as the next forward touched them: 1-6% of their
+    pages were in memory then), and the layers that stream now leave memory."""
+
+    class Reversed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(512, 512, bias=False) for _ in range(8)])  # 1 MiB units
+
+        def forward(self, x):
+            for layer in reversed(self.layers):
+                x = torch.relu(layer(x))
+            return x
+
+    torch.manual_seed(0)
+    ref = Reversed().eval()
+    litcore.save(ref.state_dict(), tmp / "reversed.lit")
+    lit = litcore.LitModule.from_params(tmp / "reversed.lit", Reversed, memory_budget="5MiB")
+    before = set(lit.plan.resident_modules)
+    x = torch.randn(2, 512)
+    with torch.no_grad():
+        assert torch.equal(lit(x), ref(x))
+    arrived = [m for m in lit.plan.resident_modules if m not in before]
+    left = [m for m in before if m not in lit.plan.resident_modules]
+    assert arrived and left, (before, lit.plan.resident_modules)
+    assert all(_in_memory_fraction(lit.module.get_submodule(m).weight) == 1.0 for m in arrived)
+    assert all(_in_memory_fraction(lit.module.get_submodule(m).weight) == 0.0 for m in left)
+    with torch.no_grad():
+        assert torch.equal(lit(x), ref(x))
 
 
 def test_buffers_computed_at_construction_follow_the_files_dtype(tmp):

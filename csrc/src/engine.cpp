@@ -462,6 +462,7 @@ void Engine::end(bool failed) {
   // The tensors no reader checked (resident weights the forward faulted in itself): checked
   // now that they are in memory, before this first forward's result is handed back.
   if (verify_now) verify_unread(verify_streamed);
+  bring_in_arriving();
   // A forward that read zeros where the file was cut short fails here, naming the file.
   store_->mapping()->check_faults();
 }
@@ -615,13 +616,38 @@ void Engine::switch_plan_locked(const Plan& plan) {
   settling_ = true;
   prefetcher_->set_window(plan.window_bytes);
   prefetcher_->set_order(plan.streamed_order);
-  // Newly streamed weights leave memory now; newly resident ones come in as they are used.
+  // Newly streamed weights leave memory now; newly resident ones are read in as this
+  // forward ends (bring_in_arriving).
   std::set<int> before(old.streamed_order.begin(), old.streamed_order.end());
   std::vector<std::string> leaving;
   for (int i : std::set<int>(plan.streamed_order.begin(), plan.streamed_order.end())) {
     if (!before.count(i)) leaving.insert(leaving.end(), tensors_[i].begin(), tensors_[i].end());
   }
   if (!leaving.empty()) store_->release(leaving);
+  for (int i : plan.resident) {
+    if (before.count(i)) arriving_.push_back(i);
+  }
+}
+
+void Engine::bring_in_arriving() {
+  std::vector<int> arriving;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int unit : std::set<int>(arriving_.begin(), arriving_.end())) {
+      if (plan_.resident.count(unit)) arriving.push_back(unit);  // still resident under the latest plan
+    }
+    arriving_.clear();
+  }
+  auto mapping = store_->mapping();
+  for (const auto& ranges : ranges_of(arriving)) {
+    for (const auto& r : ranges) {
+      try {
+        mapping->fill_and_map_small(r.offset, r.length);
+      } catch (const std::exception&) {
+        // Advice: a range that cannot be read fails the forward that faults it in, naming the file.
+      }
+    }
+  }
 }
 
 uint64_t Engine::budget() const {

@@ -33,3 +33,14 @@ def cached_bytes(path: str, offset: int = 0, length: int = -1) -> int:
             _libc.munmap(address, size)
     finally:
         os.close(fd)
+
+
+def in_memory_fraction(t) -> float:
+    """The share of tensor `t`'s pages in memory (mincore over the mapping it views)."""
+    start = t.data_ptr() & ~(mmap.PAGESIZE - 1)
+    end = t.data_ptr() + t.numel() * t.element_size()
+    length = (end - start + mmap.PAGESIZE - 1) & ~(mmap.PAGESIZE - 1)
+    pages = (ctypes.c_ubyte * (length // mmap.PAGESIZE))()
+    if _libc.mincore(ctypes.c_void_p(start), length, pages) != 0:
+        raise OSError(ctypes.get_errno(), "mincore")
+    return sum(p & 1 for p in pages) / len(pages)

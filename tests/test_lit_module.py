@@ -1,5 +1,4 @@
 """LitModule on plain nn.Modules: bit-exact outputs, every budget, mismatches, lifetime."""
-import ctypes
 import gc
 import os
 import time
@@ -11,6 +10,7 @@ from torch import nn
 
 import litcore
 from models import Awkward, Block, awkward
+from pagecache import in_memory_fraction
 
 BUDGETS = [None, "30KB", "50KB"]  # resident, streaming (almost nothing resident), streaming + some resident
 
@@ -378,16 +378,6 @@ def test_a_spread_layout_is_bit_exact_and_adopted_cleanly(tmp):
     assert after["bytes_read"] >= plan.streamed_bytes - plan.window_bytes
 
 
-def _in_memory_fraction(t: torch.Tensor) -> float:
-    """The share of `t`'s pages in memory (mincore over the mapping)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    start = t.data_ptr() & ~4095
-    length = (t.data_ptr() + t.numel() * t.element_size() - start + 4095) & ~4095
-    pages = (ctypes.c_ubyte * (length // 4096))()
-    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), pages) == 0, ctypes.get_errno()
-    return sum(p & 1 for p in pages) / len(pages)
-
-
 def test_modules_a_new_plan_makes_resident_are_read_in_as_the_forward_ends(tmp):
     """A model that runs its layers in the reverse of the order it registers them: the plan
     made before the first forward keeps the first registered layers resident, the one its
@@ -416,8 +406,8 @@ def test_modules_a_new_plan_makes_resident_are_read_in_as_the_forward_ends(tmp):
     arrived = [m for m in lit.plan.resident_modules if m not in before]
     left = [m for m in before if m not in lit.plan.resident_modules]
     assert arrived and left, (before, lit.plan.resident_modules)
-    assert all(_in_memory_fraction(lit.module.get_submodule(m).weight) == 1.0 for m in arrived)
-    assert all(_in_memory_fraction(lit.module.get_submodule(m).weight) == 0.0 for m in left)
+    assert all(in_memory_fraction(lit.module.get_submodule(m).weight) == 1.0 for m in arrived)
+    assert all(in_memory_fraction(lit.module.get_submodule(m).weight) == 0.0 for m in left)
     with torch.no_grad():
         assert torch.equal(lit(x), ref(x))
 

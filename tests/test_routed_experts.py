@@ -2,7 +2,6 @@
 reads only the slices of the experts its tokens were sent to, and stays `torch.equal` to
 the model in memory. Read modes that read whole tensors (direct reads, lazy checks) read
 every expert, as before."""
-import ctypes
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import litcore.hf
 transformers = pytest.importorskip("transformers")
 
 from models import in_memory, seeded  # noqa: E402
+from pagecache import in_memory_fraction  # noqa: E402
 
 EXPERTS, CHOSEN = 8, 2
 CONFIG = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -101,16 +101,6 @@ def test_whole_tensor_read_paths_read_every_expert(mixtral, options):
     assert lit.stats()["last"]["bytes_read"] == _expected_reads(lit, EXPERTS)
 
 
-def _in_memory_fraction(t: torch.Tensor) -> float:
-    """The share of `t`'s pages in memory (mincore over the mapping)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    start = t.data_ptr() & ~4095
-    length = (t.data_ptr() + t.numel() * t.element_size() - start + 4095) & ~4095
-    pages = (ctypes.c_ubyte * (length // 4096))()
-    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), pages) == 0, ctypes.get_errno()
-    return sum(p & 1 for p in pages) / len(pages)
-
-
 def test_the_chosen_experts_are_in_memory_when_they_compute(mixtral):
     """Each tensor stacks the experts: the slices read are the chosen experts' own, in every
     tensor of the layer (a forward that computed with others would fault them in itself)."""
@@ -119,7 +109,7 @@ def test_the_chosen_experts_are_in_memory_when_they_compute(mixtral):
 
     def check(module, args):  # runs after litcore's pre-hook has read the chosen experts
         chosen = sorted(set(args[1].flatten().tolist()))
-        seen.append([(e, _in_memory_fraction(module.gate_up_proj[e]), _in_memory_fraction(module.down_proj[e]))
+        seen.append([(e, in_memory_fraction(module.gate_up_proj[e]), in_memory_fraction(module.down_proj[e]))
                      for e in chosen])
 
     streamed = [m for name, m in lit.module.named_modules() if name in lit.plan.streamed_modules and name.endswith("experts")]
@@ -172,12 +162,12 @@ def test_the_experts_chosen_most_stay_cached_between_forwards(mixtral):
     assert stats["last"]["expert_cache_hits"] == 8 and stats["last"]["bytes_read"] == 0
     # In memory after the forward: exactly the cached experts, the token's among them.
     in_memory = [(module, e) for module in streamed for e in range(EXPERTS)
-                 if _in_memory_fraction(module.gate_up_proj[e]) == 1.0 and _in_memory_fraction(module.down_proj[e]) == 1.0]
+                 if in_memory_fraction(module.gate_up_proj[e]) == 1.0 and in_memory_fraction(module.down_proj[e]) == 1.0]
     assert len(in_memory) == 6 + EXPERTS and {(m, e) for m in streamed for e in chosen[m]} <= set(in_memory), in_memory
     # The others left, but for what the page cache holds in a large folio with a cached
     # slice (the kernel drops whole folios; these slices are 64-128 KiB, a real model's MBs).
-    left = sum(_in_memory_fraction(module.gate_up_proj[e]) * module.gate_up_proj[e].nbytes
-               + _in_memory_fraction(module.down_proj[e]) * module.down_proj[e].nbytes
+    left = sum(in_memory_fraction(module.gate_up_proj[e]) * module.gate_up_proj[e].nbytes
+               + in_memory_fraction(module.down_proj[e]) * module.down_proj[e].nbytes
                for module in streamed for e in range(EXPERTS) if (module, e) not in in_memory)
     assert left <= len({module for module, _ in in_memory}) * slice_bytes, left
     with torch.no_grad():

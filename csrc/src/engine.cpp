@@ -399,6 +399,7 @@ void Engine::abandon_locked() {
 void Engine::end(bool failed) {
   std::vector<int> verify_streamed;  // set when this is the first forward to finish, under lazy checks
   bool verify_now = false;
+  std::vector<int> arriving;  // made resident by this forward's new plans
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (depth_ == 0) return;  // abandoned meanwhile
@@ -458,11 +459,12 @@ void Engine::end(bool failed) {
     entry.streamed_runs = plan_.runs;
     entry.compute_threads = compute_threads_.full() - (pass_narrowed_ ? 1 : 0);
     passes_.push_back(entry);
+    arriving = take_arriving_locked();
   }
   // The tensors no reader checked (resident weights the forward faulted in itself): checked
   // now that they are in memory, before this first forward's result is handed back.
   if (verify_now) verify_unread(verify_streamed);
-  bring_in_arriving();
+  bring_in_arriving(arriving);
   // A forward that read zeros where the file was cut short fails here, naming the file.
   store_->mapping()->check_faults();
 }
@@ -625,19 +627,21 @@ void Engine::switch_plan_locked(const Plan& plan) {
   }
   if (!leaving.empty()) store_->release(leaving);
   for (int i : plan.resident) {
-    if (before.count(i)) arriving_.push_back(i);
+    if (before.count(i)) arriving_.insert(i);
   }
 }
 
-void Engine::bring_in_arriving() {
+std::vector<int> Engine::take_arriving_locked() {
   std::vector<int> arriving;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (int unit : std::set<int>(arriving_.begin(), arriving_.end())) {
-      if (plan_.resident.count(unit)) arriving.push_back(unit);  // still resident under the latest plan
-    }
-    arriving_.clear();
+  for (int unit : arriving_) {
+    if (plan_.resident.count(unit)) arriving.push_back(unit);  // still resident under the latest plan
   }
+  arriving_.clear();
+  return arriving;
+}
+
+void Engine::bring_in_arriving(const std::vector<int>& arriving) {
+  if (arriving.empty()) return;
   auto mapping = store_->mapping();
   for (const auto& ranges : ranges_of(arriving)) {
     for (const auto& r : ranges) {

@@ -184,12 +184,13 @@ class Engine {
   // The next forwards' streamed modules compute on one thread fewer (on the CPU only).
   bool narrows_locked(const PassRates& rates, bool narrowed) const;
   void switch_plan_locked(const Plan& plan);
-  // Reads in the units plans made resident since the last call and still keep resident
-  // (readahead-free and mapped, as the warm-up reads; without mu_): a resident unit comes in
-  // whole once, at the disk's speed, instead of page by page as the next forwards touch it.
-  // A mixture-of-experts layer's routed experts would otherwise come in a few experts per
-  // token, with the read-around of each fault cached and unmapped beside them.
-  void bring_in_arriving();
+  // The units plans made resident since the last call that the latest plan keeps resident.
+  std::vector<int> take_arriving_locked();
+  // Reads `arriving` in whole (readahead-free and mapped, as the warm-up reads; without mu_):
+  // a resident unit comes in once, at the disk's speed, instead of page by page as the next
+  // forwards touch it. A mixture-of-experts layer's routed experts would otherwise come in a
+  // few experts per token, with the read-around of each fault cached and unmapped beside them.
+  void bring_in_arriving(const std::vector<int>& arriving);
   void set_plan_locked(const Plan& plan);
   void abandon_locked();
   // Lazy verification, after the first forward: every tensor the readers do not check
@@ -230,7 +231,7 @@ class Engine {
   std::vector<int> order_;     // the execution order the plan was made for
   std::set<int> ran_;          // every unit ever seen running
   bool recorded_ = false;      // an order was seen
-  std::vector<int> arriving_;  // units made resident by a new plan, read in as the forward ends
+  std::set<int> arriving_;     // units made resident by a new plan, read in as the forward ends
   bool settling_ = false;      // the forward after a layout change: not measured
   bool budget_settling_ = false;  // the same, after a change of budget: its usage is not measured
   bool whole_taken_ = false;      // the budget stepped to every weight resident (room_with_other_cache)

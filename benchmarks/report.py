@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from typing import Dict, List, Optional, Tuple
 
 
@@ -149,6 +150,49 @@ def floor_table(rows: List[Dict]) -> str:
                 "model's steady forward; fill = the whole file read into fresh page cache and kept, two "
                 "readers, readahead off, `disk_probe.py --fill`):\n\n" + "\n".join(cold))
     return out
+
+
+def _span(values: List[float], spec: str = ".2f") -> str:
+    """The median and, where they differ, the range: `0.61 (0.58-0.66)`."""
+    values = sorted(values)
+    mid = statistics.median(values)
+    if values[0] == values[-1]:
+        return format(mid, spec)
+    return f"{mid:{spec}} ({values[0]:{spec}}-{values[-1]:{spec}})"
+
+
+def paired_table(rows: List[Dict]) -> str:
+    """litcore under each limit against a floor read beside it, in the same process: each timed
+    forward against a probe of the bytes it streamed, read right after it; generation against
+    probes read just before and just after it. A virtual machine's disk can move by a third
+    between two probes a minute apart (floor_table's probes run in processes of their own,
+    before and after the whole row): paired, a ratio shows litcore's reads, not that drift."""
+    ref = next((r for r in rows if r["system"] == "in-memory" and not r["limit_mb"] and "error" not in r), None)
+    compute_forward = ref["steady_forward_s"] if ref else 0.0
+    compute_token = 1 / ref["generate_tok_s"] if ref else 0.0
+    lines = ["| system | limit | forward (s) | probe right after (s) | forward / floor | probes around generate (GB/s) "
+             "| floor (tok/s) | tok/s | ratio |", "|" + "---|" * 9]
+    for r in rows:
+        paired = r.get("paired_forwards") or []
+        paired = [p for p in paired if p[2] > 0]
+        if "error" in r or not paired:
+            continue
+        ratios = [forward / max(seconds, compute_forward) for forward, _, seconds in paired]
+        speeds = r.get("generate_probe_bytes_per_s") or []
+        token_bytes = io_bytes(r)[1]
+        floor_tok_s = None
+        if speeds:
+            token_seconds = max(compute_token, token_bytes / (sum(speeds) / len(speeds)))
+            floor_tok_s = 1 / token_seconds if token_seconds > 0 else None
+        lines.append(f"| {r['system']} | {r['limit_mb']} MB | {_span([p[0] for p in paired])} | "
+                     f"{_span([p[2] for p in paired])} | {_span(ratios)}x | "
+                     f"{' / '.join(f'{v / 1e9:.2f}' for v in speeds) or '—'} | {_fmt(floor_tok_s)} | "
+                     f"{r['generate_tok_s']:.2f} | {_ratio(floor_tok_s / r['generate_tok_s'] if floor_tok_s else None)} |")
+    if len(lines) == 2:
+        return ""
+    return ("Paired with the floor (each timed forward, then what it streamed read the floor probe's way in "
+            "the same process; median and range of the forwards; floor = max(that read, the in-memory "
+            "model's forward)):\n\n" + "\n".join(lines))
 
 
 def chart(rows: List[Dict], meta: Dict, path: str) -> None:

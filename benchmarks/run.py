@@ -101,7 +101,8 @@ def export_pytorch_lit(paths: Dict[str, str], pl_path: str) -> None:
 
 def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: str, pl_path: Optional[str],
             steady: int, new_tokens: int, budget: str = "auto", baseline: Optional[str] = None,
-            prompt_tokens: int = 32, read_mode: Optional[str] = None, timeout: float = 600) -> Dict:
+            prompt_tokens: int = 32, read_mode: Optional[str] = None, timeout: float = 600,
+            paired_floor: bool = False) -> Dict:
     logits = os.path.join(out_dir, f"logits-{system}-{limit or 'none'}.pt")
     worker_system = "litcore" if system.startswith("litcore") else system
     lit = paths["cli_order_lit"] if system == "litcore-cli-order" else paths["lit"]
@@ -115,6 +116,8 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
         cmd += ["--read-mode", read_mode]
     if system == "litcore-direct":
         cmd += ["--read-mode", "direct"]
+    if paired_floor:
+        cmd += ["--paired-floor"]
     env = dict(os.environ)
     if system == "pytorch-lit":
         env["PYTHONPATH"] = pl_path
@@ -231,7 +234,8 @@ def main() -> None:
                 file_bytes = os.path.getsize(paths["lit"])
                 before = disk_bandwidth(paths, max(file_bytes - limit, file_bytes // 4), limit, probes=1)
             row = run_one(system, limit, paths, args.out, pl_path, args.steady, args.new_tokens, args.litcore_budget,
-                          args.baseline, args.prompt_tokens, args.litcore_read_mode, args.row_timeout)
+                          args.baseline, args.prompt_tokens, args.litcore_read_mode, args.row_timeout,
+                          paired_floor=system.startswith("litcore") and bool(limit))
             forward_bytes = report.io_bytes(row)[0]
             if system.startswith("litcore") and limit and forward_bytes:
                 after = disk_bandwidth(paths, forward_bytes, limit, probes=1)
@@ -258,6 +262,9 @@ def main() -> None:
     floors = report.floor_table(rows)
     if floors:
         table += "\n\n" + floors
+    paired = report.paired_table(rows)
+    if paired:
+        table += "\n\n" + paired
     print("\n" + table)
     report.chart(rows, meta, os.path.join(args.out, "chart.png"))
     if not args.no_docs:

@@ -11,6 +11,11 @@ import statistics
 import sys
 import time
 
+import disk_probe  # beside this file
+
+# The paired probe drops the page cache behind every 8 MiB: inside the row's memory limit,
+# beside a process holding it, it takes little more than the kernel's readahead.
+PAIRED_PIECE = 8 << 20
 
 def _clone_to_ram(model):
     import torch
@@ -88,6 +93,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens per timed forward (the prefill)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--logits-out")
+    parser.add_argument("--paired-floor", action="store_true",
+                        help="litcore: after each timed forward, and before and after generate, read what a "
+                             "forward streamed the way the floor probe does, in this process")
     args = parser.parse_args()
 
     # Imports are excluded from "ready": load every module the systems use first.
@@ -117,17 +125,26 @@ def main() -> None:
         t0 = time.perf_counter()
         logits = model(prefill).logits
         first = time.perf_counter() - t0
-        steady = []
+        steady, paired = [], []
+        probe = None  # the floor's reads: what a forward streamed, the way disk_probe.py reads it
         for _ in range(args.steady):
             t0 = time.perf_counter()
             model(prefill)
             steady.append(time.perf_counter() - t0)
+            if args.paired_floor:
+                streamed = model.stats()["last"]["bytes_read"]
+                probe = probe or (disk_probe.streamed_ranges(args.lit, streamed) if streamed else [])
+                seconds = disk_probe.stream_seconds(args.lit, probe, PAIRED_PIECE, evict_first=False) if probe else 0.0
+                paired.append([steady[-1], sum(length for _, length in probe), seconds])
     if args.logits_out:
         torch.save(logits.float().clone(), args.logits_out)
+    around = [disk_probe.stream_seconds(args.lit, probe, PAIRED_PIECE, evict_first=False)] if probe else []
     t0 = time.perf_counter()
     out = model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                          pad_token_id=0)
     gen = time.perf_counter() - t0
+    if probe:
+        around.append(disk_probe.stream_seconds(args.lit, probe, PAIRED_PIECE, evict_first=False))
     result = {"ready_s": ready, "first_forward_s": first, "steady_forward_s": statistics.median(steady),
               "generate_tok_s": (out.shape[1] - prompt.shape[1]) / gen, "tokens": out[0].tolist(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
@@ -154,6 +171,11 @@ def main() -> None:
             threads = sorted({p["compute_threads"] for p in passes if "compute_threads" in p})
             if threads:  # the streamed modules' intra-op threads (a baseline build may not have it)
                 result[f"{name}_compute_threads"] = "/".join(map(str, threads))
+    if paired:
+        result["paired_forwards"] = paired  # [forward s, bytes the probe read, its seconds] per forward
+    if around:
+        probed = sum(length for _, length in probe)
+        result["generate_probe_bytes_per_s"] = [probed / s for s in around]
     print("RESULT " + json.dumps(result), flush=True)
 
 

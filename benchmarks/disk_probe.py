@@ -4,6 +4,7 @@ same memory limit as the system it is the floor for; prints one line `BANDWIDTH 
 
     python benchmarks/disk_probe.py model.lit 1400000000
     python benchmarks/disk_probe.py model.lit --fill
+    python benchmarks/disk_probe.py model.lit --ranges ranges.json
 
 --fill measures what a cold start must do instead: the whole file read into the page cache
 and kept there, so every page is memory the process has not used before. On a virtual
@@ -17,6 +18,7 @@ system read it.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -70,7 +72,7 @@ def fill(path: str) -> float:
 def streamed_ranges(path: str, nbytes: int) -> List[Tuple[int, int]]:
     """About `nbytes` of whole tensors in file order, starting a tenth into the file (past the
     embedding), as a streamed run of layers does: (offset, length) pairs."""
-    import litcore  # here: the benchmark's worker imports this file for every system
+    import litcore
 
     with litcore.Store(path) as store:
         ranges = sorted(r for key in store.keys() for r in store.native.byte_ranges([key]))
@@ -84,10 +86,9 @@ def streamed_ranges(path: str, nbytes: int) -> List[Tuple[int, int]]:
     return chosen
 
 
-def stream_seconds(path: str, ranges: List[Tuple[int, int]], piece: int = 0, evict_first: bool = True) -> float:
+def stream_seconds(path: str, ranges: List[Tuple[int, int]], evict_first: bool = True) -> float:
     """Seconds to read `ranges` as litcore streams: `sendfile` into /dev/null, in order, the
-    page cache dropped behind each tensor (or each `piece` bytes of it, to stay small beside
-    a process that holds its limit's memory). `evict_first`: the file's unmapped page cache is
+    page cache dropped behind each tensor. `evict_first`: the file's unmapped page cache is
     dropped before (not beside a running litcore: its reader may hold pages not yet mapped)."""
     fd = os.open(path, os.O_RDONLY)
     sink = os.open(os.devnull, os.O_WRONLY)
@@ -98,12 +99,8 @@ def stream_seconds(path: str, ranges: List[Tuple[int, int]], piece: int = 0, evi
         for offset, length in ranges:
             done = 0
             while done < length:
-                step = min(length - done, piece or length - done)
-                sent = 0
-                while sent < step:
-                    sent += os.sendfile(sink, fd, offset + done + sent, step - sent)
-                os.posix_fadvise(fd, offset + done, step, os.POSIX_FADV_DONTNEED)
-                done += step
+                done += os.sendfile(sink, fd, offset + done, length - done)
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
         return time.perf_counter() - started
     finally:
         os.close(fd)
@@ -113,6 +110,13 @@ def stream_seconds(path: str, ranges: List[Tuple[int, int]], piece: int = 0, evi
 def main() -> None:
     if sys.argv[2:] == ["--fill"]:
         print(f"BANDWIDTH {fill(sys.argv[1]):.0f}")
+        return
+    if sys.argv[2] == "--ranges":
+        # Beside a running litcore (benchmarks/worker.py): exactly the ranges it streams, its
+        # page cache left alone, in a cgroup of its own so that it takes nothing of litcore's limit.
+        with open(sys.argv[3]) as f:
+            ranges = [tuple(r) for r in json.load(f)]
+        print(f"SECONDS {stream_seconds(sys.argv[1], ranges, evict_first=False):.6f}")
         return
     path, nbytes = sys.argv[1], int(sys.argv[2])
     ranges = streamed_ranges(path, nbytes)

@@ -162,11 +162,12 @@ def _span(values: List[float], spec: str = ".2f") -> str:
 
 
 def paired_table(rows: List[Dict]) -> str:
-    """litcore under each limit against a floor read beside it, in the same process: each timed
-    forward against a probe of the bytes it streamed, read right after it; generation against
-    probes read just before and just after it. A virtual machine's disk can move by a third
-    between two probes a minute apart (floor_table's probes run in processes of their own,
-    before and after the whole row): paired, a ratio shows litcore's reads, not that drift."""
+    """litcore under each limit against a floor read beside it: each timed forward against the
+    byte ranges its plan streams, read the floor probe's way right after it (worker.py's
+    paired_probe); generation against such reads just before and just after it. A virtual
+    machine's disk can move by a third between two probes a minute apart (floor_table's
+    probes run before and after the whole row): paired, a ratio shows litcore's reads, not
+    that drift."""
     ref = next((r for r in rows if r["system"] == "in-memory" and not r["limit_mb"] and "error" not in r), None)
     compute_forward = ref["steady_forward_s"] if ref else 0.0
     compute_token = 1 / ref["generate_tok_s"] if ref else 0.0
@@ -190,9 +191,9 @@ def paired_table(rows: List[Dict]) -> str:
                      f"{r['generate_tok_s']:.2f} | {_ratio(floor_tok_s / r['generate_tok_s'] if floor_tok_s else None)} |")
     if len(lines) == 2:
         return ""
-    return ("Paired with the floor (each timed forward, then what it streamed read the floor probe's way in "
-            "the same process; median and range of the forwards; floor = max(that read, the in-memory "
-            "model's forward)):\n\n" + "\n".join(lines))
+    return ("Paired with the floor (each timed forward, then the ranges its plan streams read the floor "
+            "probe's way, in file order, by a process in a cgroup of its own; median and range of the "
+            "forwards; floor = max(that read, the in-memory model's forward)):\n\n" + "\n".join(lines))
 
 
 def chart(rows: List[Dict], meta: Dict, path: str) -> None:

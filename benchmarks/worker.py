@@ -9,13 +9,37 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from typing import Tuple
 
-import disk_probe  # beside this file
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-# The paired probe drops the page cache behind every 8 MiB: inside the row's memory limit,
-# beside a process holding it, it takes little more than the kernel's readahead.
-PAIRED_PIECE = 8 << 20
+
+def paired_probe(model, lit_path: str) -> Tuple[int, float]:
+    """The floor beside a running litcore: the byte ranges its plan streams now, read in file
+    order the floor probe's way by a process in a cgroup of its own (so the reads take
+    nothing of this row's limit), right now. Returns (bytes, seconds); (0, 0.0) where
+    nothing streams or experts stream by routing (a forward reads only the chosen ones)."""
+    import cgroup  # beside this file
+
+    import litcore
+
+    plan = model.plan
+    if not plan.streamed_modules or plan.routed_bytes:
+        return 0, 0.0
+    streamed = set(plan.streamed_modules)
+    with litcore.Store(lit_path) as store:
+        keys = [k for k in store.keys() if k.rpartition(".")[0] in streamed]
+        ranges = sorted(r for k in keys for r in store.native.byte_ranges([k]))
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(ranges, f)
+        f.flush()
+        outcome = cgroup.run([sys.executable, os.path.join(HERE, "disk_probe.py"), lit_path, "--ranges", f.name], None)
+    line = next((l for l in outcome.stdout.splitlines() if l.startswith("SECONDS ")), None)
+    if line is None:
+        raise RuntimeError(f"paired disk probe failed: {outcome.stderr.strip()[-300:]}")
+    return sum(length for _, length in ranges), float(line.split()[1])
 
 def _clone_to_ram(model):
     import torch
@@ -94,8 +118,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--logits-out")
     parser.add_argument("--paired-floor", action="store_true",
-                        help="litcore: after each timed forward, and before and after generate, read what a "
-                             "forward streamed the way the floor probe does, in this process")
+                        help="litcore: after each timed forward, and before and after generate, read what the "
+                             "plan streams the way the floor probe does (benchmarks/disk_probe.py --ranges)")
     args = parser.parse_args()
 
     # Imports are excluded from "ready": load every module the systems use first.
@@ -126,25 +150,21 @@ def main() -> None:
         logits = model(prefill).logits
         first = time.perf_counter() - t0
         steady, paired = [], []
-        probe = None  # the floor's reads: what a forward streamed, the way disk_probe.py reads it
         for _ in range(args.steady):
             t0 = time.perf_counter()
             model(prefill)
             steady.append(time.perf_counter() - t0)
             if args.paired_floor:
-                streamed = model.stats()["last"]["bytes_read"]
-                probe = probe or (disk_probe.streamed_ranges(args.lit, streamed) if streamed else [])
-                seconds = disk_probe.stream_seconds(args.lit, probe, PAIRED_PIECE, evict_first=False) if probe else 0.0
-                paired.append([steady[-1], sum(length for _, length in probe), seconds])
+                paired.append([steady[-1], *paired_probe(model, args.lit)])
     if args.logits_out:
         torch.save(logits.float().clone(), args.logits_out)
-    around = [disk_probe.stream_seconds(args.lit, probe, PAIRED_PIECE, evict_first=False)] if probe else []
+    around = [paired_probe(model, args.lit)] if args.paired_floor else []
     t0 = time.perf_counter()
     out = model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                          pad_token_id=0)
     gen = time.perf_counter() - t0
-    if probe:
-        around.append(disk_probe.stream_seconds(args.lit, probe, PAIRED_PIECE, evict_first=False))
+    if args.paired_floor:
+        around.append(paired_probe(model, args.lit))
     result = {"ready_s": ready, "first_forward_s": first, "steady_forward_s": statistics.median(steady),
               "generate_tok_s": (out.shape[1] - prompt.shape[1]) / gen, "tokens": out[0].tolist(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
@@ -171,11 +191,10 @@ def main() -> None:
             threads = sorted({p["compute_threads"] for p in passes if "compute_threads" in p})
             if threads:  # the streamed modules' intra-op threads (a baseline build may not have it)
                 result[f"{name}_compute_threads"] = "/".join(map(str, threads))
-    if paired:
+    if any(seconds for _, _, seconds in paired):
         result["paired_forwards"] = paired  # [forward s, bytes the probe read, its seconds] per forward
-    if around:
-        probed = sum(length for _, length in probe)
-        result["generate_probe_bytes_per_s"] = [probed / s for s in around]
+    if all(seconds for _, seconds in around) and around:
+        result["generate_probe_bytes_per_s"] = [probed / seconds for probed, seconds in around]
     print("RESULT " + json.dumps(result), flush=True)
 
 

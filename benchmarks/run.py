@@ -12,6 +12,7 @@ memory limit that counts page cache, with the weight files evicted from page cac
 `pip install --target DIR`, e.g. an older commit) run by the same worker beside this one.
 The system "litcore-lazy" is litcore with verify="lazy" (what lazy checksums cost);
 "litcore-direct" is litcore with read_mode="direct" (streamed weights read past the page cache);
+"litcore-buffer" with read_mode="buffer" (read past it into the window's own memory);
 "litcore-cli-order" runs a file made by `litcore convert model.safetensors` (tensors in
 name order: within a layer the MLP before the attention) instead of the model's order.
 
@@ -36,7 +37,7 @@ import cgroup  # noqa: E402
 import report  # noqa: E402
 
 SYSTEMS = ["in-memory", "transformers-mmap", "accelerate", "pytorch-lit", "litcore", "litcore-cli-order",
-           "litcore-lazy", "litcore-direct", "litcore-baseline"]
+           "litcore-lazy", "litcore-direct", "litcore-buffer", "litcore-baseline"]
 PYTORCH_LIT_VERSION = "0.1.7"
 # Kernels limited to AVX2 (oneDNN's matmuls and ATen's own): on a CPU with fast bf16 this is
 # the compute of one without it, where a prefill hides the read path.
@@ -114,8 +115,8 @@ def run_one(system: str, limit: Optional[int], paths: Dict[str, str], out_dir: s
         cmd += ["--verify", "lazy"]
     if read_mode and system in ("litcore", "litcore-cli-order", "litcore-lazy"):
         cmd += ["--read-mode", read_mode]
-    if system == "litcore-direct":
-        cmd += ["--read-mode", "direct"]
+    if system in ("litcore-direct", "litcore-buffer"):
+        cmd += ["--read-mode", system.split("-")[1]]
     if paired_floor:
         cmd += ["--paired-floor"]
     env = dict(os.environ)
@@ -178,7 +179,8 @@ def main() -> None:
                         help="Llama-shaped, but moe: Mixtral-shaped, 8 experts a layer, 2 chosen per token")
     parser.add_argument("--limits", default="none,2400,1200", help="MB (10^6 bytes), comma-separated; 'none' = no limit")
     parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("litcore-baseline",
-                                                                                      "litcore-lazy", "litcore-direct")))
+                                                                                      "litcore-lazy", "litcore-direct",
+                                                                                      "litcore-buffer")))
     parser.add_argument("--steady", type=int, default=5,
                         help="forwards timed after the first; their median is reported (of 5, a forward after a "
                              "change of plan, such as the auto budget's first step, is not the middle one)")

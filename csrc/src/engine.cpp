@@ -103,6 +103,7 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   check_threads(options_.threads);
   if (!backend_) backend_ = std::make_unique<CpuBackend>();
   units_ = units_of(*store_, specs, &tensors_);
+  pointed_.assign(units_.size(), 0);
   for (const auto& names : tensors_) {
     std::vector<ByteRange> ranges;
     for (const auto& [offset, length] : store_->byte_ranges(names)) ranges.push_back({offset, length});
@@ -160,6 +161,11 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     po.window_bytes = plan_.window_bytes;
     po.threads = options_.threads;
     po.read_mode = options_.read_mode;
+    // Tensors pointed at the buffer are the CPU's own; lazy checks hash what the mapping
+    // holds, so they read through it.
+    if (po.read_mode == ReadMode::Buffer && (backend_->device() != "cpu" || options_.verify == Verify::Lazy)) {
+      po.read_mode = ReadMode::Sendfile;
+    }
     for (const auto& u : units_) po.on_demand.push_back(u.on_demand);
     for (int n : experts_) po.deferred.push_back(n > 0);
     if (options_.verify == Verify::Lazy) po.after_read = [this](int unit) { store_->verify_once(tensors_[unit]); };
@@ -171,6 +177,11 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
 }
 
 Engine::~Engine() {
+  // Tensors still pointing at the window's buffer (a forward left unfinished) read the
+  // mapping again before the buffer goes.
+  for (size_t unit = 0; unit < pointed_.size(); ++unit) {
+    while (pointed_[unit] > 0) point_back_locked(static_cast<int>(unit));
+  }
   warmup_.reset();      // joins its thread
   prefetcher_.reset();  // joins its threads
 }
@@ -180,8 +191,8 @@ Plan Engine::plan_for(const std::vector<int>& order, const std::set<int>& ran, c
   // Direct reads have no readahead to keep sequential: each unit is read alone wherever the
   // file stores it, so the window holds no read groups (a name-ordered file plans as a
   // model-ordered one).
-  bool direct = prefetcher_ ? prefetcher_->read_mode() == ReadMode::Direct
-                            : resolve_read_mode(options_.read_mode, *store_->mapping()) == ReadMode::Direct;
+  ReadMode mode = prefetcher_ ? prefetcher_->read_mode() : resolve_read_mode(options_.read_mode, *store_->mapping());
+  bool direct = mode == ReadMode::Direct || mode == ReadMode::Buffer;
   uint64_t group = direct ? 0 : planned_read_group(units_, order, ranges_, budget_);
   return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group);
 }
@@ -321,7 +332,39 @@ void Engine::enter_unit(int unit, const std::vector<int64_t>* experts) {
     if (it != open_.rend()) open_.erase(std::next(it).base());  // never entered: no exit() to pair
     throw;
   }
+  point_at_buffer(unit);
   backend_->bind(unit);
+}
+
+void Engine::point_at_buffer(int unit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pointed_[unit] > 0) {
+    ++pointed_[unit];  // entered again while it runs: the same block
+    return;
+  }
+  std::vector<std::pair<std::string, uint8_t*>> targets;
+  for (const auto& name : tensors_[unit]) {
+    const TensorInfo& t = store_->info(name);
+    if (t.nbytes == 0) continue;
+    uint8_t* at = prefetcher_->buffer_address(unit, t.offset);
+    if (!at) return;  // read into the mapping: its tensors are valid as they are
+    targets.emplace_back(name, at);
+  }
+  if (targets.empty()) return;
+  for (const auto& [name, at] : targets) store_->point_at(name, at);
+  pointed_[unit] = 1;
+}
+
+void Engine::point_back(int unit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  point_back_locked(unit);
+}
+
+void Engine::point_back_locked(int unit) {
+  if (pointed_[unit] == 0 || --pointed_[unit] > 0) return;
+  for (const auto& name : tensors_[unit]) {
+    if (store_->info(name).nbytes > 0) store_->point_back(name);
+  }
 }
 
 void Engine::exit(int unit) {
@@ -339,6 +382,7 @@ void Engine::exit(int unit) {
   }
   backend_->unbind(unit);
   if (experts_[unit] > 0) cache_experts(unit);
+  point_back(unit);
   prefetcher_->done(unit);
 }
 
@@ -389,6 +433,7 @@ void Engine::abandon_locked() {
   // Units entered by the failed forward would otherwise stay pinned in memory.
   for (int unit : open_) {
     backend_->unbind(unit);
+    point_back_locked(unit);
     prefetcher_->done(unit);
   }
   open_.clear();
@@ -498,8 +543,9 @@ bool Engine::adapt_budget_locked(bool grow_only) {
   } else {
     // Only the usage now: the part of the window the reader does not hold at this moment
     // fills again.
-    uint64_t in_flight = prefetcher_->stats().in_flight_bytes;
-    room.free -= static_cast<int64_t>(plan_.window_bytes - std::min(in_flight, plan_.window_bytes));
+    // (The window's buffer, with read_mode="buffer", is held whole at every moment.)
+    uint64_t held = std::max(prefetcher_->stats().in_flight_bytes, prefetcher_->buffer_bytes());
+    room.free -= static_cast<int64_t>(plan_.window_bytes - std::min(held, plan_.window_bytes));
   }
   // Resident weights the kernel has evicted are memory the plan counts on and does not have.
   for (int unit : plan_.resident) {
@@ -707,6 +753,8 @@ std::vector<Stat> Engine::summary() const {
           count("warmup_bytes_read", warmup_ ? warmup_->bytes_read() : 0),
           count("warmup_running", warmup_ && warmup_->running() ? 1 : 0),
           count("direct_reads", prefetcher_ && prefetcher_->read_mode() == ReadMode::Direct ? 1 : 0),
+          count("buffer_reads", prefetcher_ && prefetcher_->read_mode() == ReadMode::Buffer ? 1 : 0),
+          count("buffer_bytes", prefetcher_ ? prefetcher_->buffer_bytes() : 0),
           count("placed_bytes", store_->mapping()->placed_bytes())};
 }
 

@@ -21,11 +21,12 @@ Verify parse_verify(const std::string& mode) {
 ReadMode parse_read_mode(const std::string& mode) {
   if (mode == "auto") return ReadMode::Auto;
   if (mode == "direct") return ReadMode::Direct;
+  if (mode == "buffer") return ReadMode::Buffer;
   if (mode == "sendfile") return ReadMode::Sendfile;
   if (mode == "pread") return ReadMode::Pread;
   if (mode == "populate") return ReadMode::Populate;
   if (mode == "exact") return ReadMode::Exact;
-  throw std::invalid_argument("litcore: read_mode must be 'auto', 'direct', 'sendfile', 'pread', 'populate' or 'exact', not '" + mode + "'");
+  throw std::invalid_argument("litcore: read_mode must be 'auto', 'buffer', 'direct', 'sendfile', 'pread', 'populate' or 'exact', not '" + mode + "'");
 }
 
 uint64_t parse_budget(const std::string& text, const std::string& argument) {

@@ -98,7 +98,16 @@ Prefetcher::Prefetcher(std::shared_ptr<Mapping> mapping, std::vector<std::vector
   for (size_t g = 0; g < units_.size(); ++g) {
     cost_.push_back(options_.on_demand[g] ? 0 : bytes_[g]);
     runs_.push_back(page_runs(units_[g]));
+    std::vector<uint64_t> packed;
+    uint64_t at = 0;
+    for (const auto& r : runs_.back()) {
+      packed.push_back(at);
+      at += r.length;
+    }
+    packed_.push_back(std::move(packed));
+    run_bytes_.push_back(at);
   }
+  block_.assign(units_.size(), -1);
   state_.assign(units_.size(), State::Idle);
   kept_.resize(units_.size());
   in_use_.assign(units_.size(), 0);
@@ -128,7 +137,45 @@ Prefetcher::~Prefetcher() {
 
 ReadMode Prefetcher::read_mode() const { return read_mode_.load(); }
 
+bool Prefetcher::take_block_locked(int unit) {
+  if (!buffered() || !buffer_ || !read_whole(unit) || block_[unit] >= 0) return true;
+  block_[unit] = buffer_->allocate(run_bytes_[unit]);
+  return block_[unit] >= 0;
+}
+
+void Prefetcher::free_block(int unit) {
+  if (block_[unit] < 0) return;
+  buffer_->free(block_[unit]);
+  block_[unit] = -1;
+}
+
+uint8_t* Prefetcher::buffer_address(int unit, uint64_t offset) const {
+  check_unit(unit);
+  int64_t block = block_[unit];
+  if (block < 0) return nullptr;
+  const auto& runs = runs_[unit];
+  for (size_t i = 0; i < runs.size(); ++i) {
+    if (offset >= runs[i].offset && offset < runs[i].offset + runs[i].length) {
+      return buffer_->at(block) + packed_[unit][i] + (offset - runs[i].offset);
+    }
+  }
+  return nullptr;
+}
+
+uint64_t Prefetcher::buffer_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return buffer_ ? buffer_->size() : 0;
+}
+
 void Prefetcher::drop(int unit) {
+  if (block_[unit] >= 0) {
+    // Read into the window's buffer. What the mapping still holds of it (mapped while it was
+    // resident under an earlier plan, or read around a resident neighbour's fault) leaves
+    // as a page-cache read's would.
+    free_block(unit);
+    for (const auto& r : units_[unit]) mapping_->release(r.offset, r.length);
+    return;
+  }
   if (options_.on_demand[unit] && lookup_cache_bytes_ > 0) {
     uint64_t cached = 0;
     try {
@@ -196,6 +243,9 @@ void Prefetcher::set_order(const std::vector<int>& order) {
       bill_locked(static_cast<int>(g));
       state_[g] = State::Idle;
       in_flight_ -= cost_[g];
+      // Resident now, its pages come from the mapping; a unit still running from the
+      // buffer gives its block back at done().
+      if (in_use_[g] == 0) free_block(static_cast<int>(g));
     }
   }
   // Streamed units fault forward-only (read-around would re-read what was just dropped
@@ -238,6 +288,19 @@ void Prefetcher::set_order(const std::vector<int>& order) {
   for (size_t g = 0; g < units_.size(); ++g) {
     if (streamed_[g] && state_[g] == State::Ready && in_use_[g] == 0) release_locked(static_cast<int>(g));
   }
+  // The buffer holds what the readers read ahead: the window less the room a routed unit
+  // (read by its caller into the mapping) takes in it. Made again for a new plan once no
+  // block of the old one is out.
+  uint64_t routed = 0;
+  for (int g : order_) {
+    if (options_.deferred[g]) routed = std::max(routed, cost_[g]);
+  }
+  uint64_t wanted = options_.window_bytes - std::min(routed, options_.window_bytes);
+  if (buffered() && wanted != buffer_size_ && (!buffer_ || buffer_->blocks() == 0)) {
+    buffer_.reset();
+    buffer_size_ = wanted;
+    if (wanted > 0) buffer_ = std::make_unique<WindowBuffer>(wanted, mapping_->path());
+  }
   work_cv_.notify_all();
 }
 
@@ -262,8 +325,27 @@ std::vector<ByteRange> Prefetcher::ranges_to_read(const std::vector<int>& units)
 }
 
 void Prefetcher::read(const std::vector<int>& units) {
-  std::vector<ByteRange> ranges = ranges_to_read(units);
-  if (direct()) {
+  std::vector<int> rest;  // units read the other ways, below
+  for (int unit : units) {
+    if (block_[unit] < 0 || !read_whole(unit)) {
+      rest.push_back(unit);
+      continue;
+    }
+    bool read = buffered();
+    for (size_t i = 0; i < runs_[unit].size() && read; ++i) {
+      const ByteRange& r = runs_[unit][i];
+      read = mapping_->read_direct_into(r.offset, r.length, buffer_->at(block_[unit]) + packed_[unit][i]);
+    }
+    if (read) continue;
+    // The file system refused direct reads: this unit, and every later one, go through the
+    // page cache (sendfile).
+    read_mode_ = ReadMode::Sendfile;
+    free_block(unit);
+    rest.push_back(unit);
+  }
+  if (rest.empty()) return;
+  std::vector<ByteRange> ranges = ranges_to_read(rest);
+  if (read_mode_ == ReadMode::Direct) {
     size_t placed = 0;
     while (placed < ranges.size() && mapping_->place(ranges[placed].offset, ranges[placed].length)) ++placed;
     if (placed == ranges.size()) return;
@@ -280,7 +362,8 @@ void Prefetcher::read_cached(const std::vector<ByteRange>& ranges) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
     // MADV_WILLNEED: it splits the reads into small requests (0.6 GB/s against 1.8).
-    if (options_.read_mode == ReadMode::Exact) {
+    // A unit that found no block in the window's buffer: exactly its bytes, as direct reads.
+    if (options_.read_mode == ReadMode::Exact || buffered()) {
       mapping_->fill_cache_exact(r.offset, r.length);
     } else if (options_.read_mode != ReadMode::Populate) {
       mapping_->fill_cache(r.offset, r.length, options_.read_mode == ReadMode::Pread);
@@ -304,6 +387,9 @@ void Prefetcher::claim_locked(const std::vector<int>& units) {
   for (int unit : units) {
     state_[unit] = State::Loading;
     in_flight_ += cost_[unit];
+    // A unit read at once beside a full window may find no block: it is read into the
+    // mapping instead.
+    take_block_locked(unit);
   }
   stats_.peak_in_flight_bytes = std::max(stats_.peak_in_flight_bytes, in_flight_);
 }
@@ -357,6 +443,7 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
       // window is given back (kept, it would shrink the window for good: set_order() only
       // settles units that were ready when it ran).
       bill_locked(unit);
+      free_block(unit);
       in_flight_ -= cost_[unit];
       state_[unit] = State::Idle;
       continue;
@@ -452,7 +539,8 @@ void Prefetcher::claim_loop() {
                 [&](int a, int b) { return extent_of(units_[a]).offset < extent_of(units_[b]).offset; });
       size_t fit = 0;
       uint64_t cost = 0;
-      while (fit < group.size() && in_flight_ + cost + cost_[group[fit]] <= options_.window_bytes) {
+      while (fit < group.size() && in_flight_ + cost + cost_[group[fit]] <= options_.window_bytes &&
+             take_block_locked(group[fit])) {
         cost += cost_[group[fit++]];
       }
       if (fit == 0 && in_flight_ == 0 && !group.empty()) fit = 1;
@@ -468,7 +556,7 @@ void Prefetcher::claim_loop() {
     ahead_ += covered;
     if (group.empty()) continue;
     claim_locked(group);
-    if (direct()) {
+    if (read_mode_ == ReadMode::Direct) {
       // The memory is made ready while the readers read the groups before this one. What
       // fails here fails again in the read, which reports it to the unit's wait().
       std::vector<ByteRange> runs = ranges_to_read(group);
@@ -570,7 +658,10 @@ void Prefetcher::done(int unit) {
   // Counted down for a unit made resident while in use too: streamed again later, a stale
   // count would keep it from ever being dropped.
   if (in_use_[unit] > 0) --in_use_[unit];
-  if (!streamed_[unit]) return;
+  if (!streamed_[unit]) {
+    if (in_use_[unit] == 0) free_block(unit);  // made resident while it ran from the buffer
+    return;
+  }
   if (in_use_[unit] == 0 && state_[unit] == State::Ready) {
     // The drop (unmapping and evicting megabytes) runs without the lock: under it, the
     // reader could not start its next read for as long (measured ~1 ms per 23 MB module).

@@ -13,6 +13,7 @@ Store::Store(const std::string& path, Verify verify)
   read_header_and_index();
   index_ = parse_file(mapping_->addr(), mapping_->size(), path_);
   verified_.reset(new std::atomic<bool>[index_.tensors.size()]);
+  handed_out_.resize(index_.tensors.size());
   for (size_t i = 0; i < index_.tensors.size(); ++i) verified_[i] = false;
   if (verify == Verify::Full) {
     auto bad = verify_all();
@@ -79,7 +80,40 @@ at::Tensor Store::get(const std::string& name) const {
   if (t.nbytes == 0) return at::empty(t.shape, options);
   // The deleter owns a reference to the mapping: the tensor outlives the store.
   std::shared_ptr<Mapping> keep = m;
-  return at::from_blob(m->addr() + t.offset, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+  at::Tensor tensor = at::from_blob(m->addr() + t.offset, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+  std::lock_guard<std::mutex> lock(handed_out_mu_);
+  auto& storages = handed_out_[stored].storages;
+  storages.erase(std::remove_if(storages.begin(), storages.end(), [](const auto& w) { return w.expired(); }),
+                 storages.end());
+  storages.push_back(tensor.storage().getWeakStorageImpl());
+  return tensor;
+}
+
+size_t Store::stored_index(const std::string& name) const {
+  const TensorInfo& t = info(name);
+  return t.alias_of >= 0 ? static_cast<size_t>(t.alias_of) : index_.by_name.at(name);
+}
+
+void Store::point_at(const std::string& name, uint8_t* data) {
+  size_t stored = stored_index(name);
+  std::lock_guard<std::mutex> lock(handed_out_mu_);
+  HandedOut& h = handed_out_[stored];
+  if (h.pointed++ > 0) return;
+  for (const auto& weak : h.storages) {
+    c10::intrusive_ptr<c10::StorageImpl> storage = weak.lock();
+    if (!storage) continue;
+    c10::DataPtr mapped = storage->set_data_ptr(c10::DataPtr(data, c10::Device(c10::kCPU)));
+    h.saved.emplace_back(std::move(storage), std::move(mapped));
+  }
+}
+
+void Store::point_back(const std::string& name) {
+  size_t stored = stored_index(name);
+  std::lock_guard<std::mutex> lock(handed_out_mu_);
+  HandedOut& h = handed_out_[stored];
+  if (h.pointed == 0 || --h.pointed > 0) return;
+  for (auto& [storage, mapped] : h.saved) storage->set_data_ptr(std::move(mapped));
+  h.saved.clear();
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> Store::byte_ranges(const std::vector<std::string>& names) const {

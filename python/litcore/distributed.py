@@ -270,7 +270,7 @@ def from_params(path: PathLike, builder: Callable[[], nn.Module], *, rank: Optio
                 world_size: Optional[int] = None, split: Split = None,
                 memory_budget: Budget = "auto", device: str = "cpu", backend: Optional[str] = None,
                 timeout: float = DEFAULT_TIMEOUT, init_method: Optional[str] = None, threads: int = 1,
-                read_mode: str = "sendfile", verify: Union[str, bool] = DEFAULT_VERIFY,
+                read_mode: str = "buffer", verify: Union[str, bool] = DEFAULT_VERIFY,
                 verbose: bool = False) -> LitStage:
     """Builds this rank's stage of the model at `path` (a .lit file): the model is built empty
     with `builder()`, cut into `world_size` stages (`split`: the first layer of each, by index

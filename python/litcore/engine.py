@@ -47,7 +47,7 @@ class Engine:
     native methods themselves (the hooks call them directly, with the GIL released)."""
 
     def __init__(self, store: Store, specs: Sequence[UnitSpec], *, memory_budget: int, threads: int = 1,
-                 read_mode: str = "sendfile", warm_up: bool = True, adapt: bool = True,
+                 read_mode: str = "buffer", warm_up: bool = True, adapt: bool = True,
                  verify: str = DEFAULT_VERIFY) -> None:
         self.native = _C.Engine(store.native, list(specs), memory_budget, check_threads(threads), read_mode, warm_up,
                                 adapt, check_verify(verify))

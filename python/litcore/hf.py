@@ -153,7 +153,7 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                     cache_dir: Optional[PathLike] = None, memory_budget: Budget = "auto",
                     model_class: Optional[Type] = None, config: Any = None, progress: bool = True,
                     device: str = "cpu", gpu_memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
-                    read_mode: str = "sendfile", verbose: bool = False,
+                    read_mode: str = "buffer", verbose: bool = False,
                     verify: Union[str, bool, None] = None) -> LitModule:
     """A ready LitModule for a transformers model directory (config.json + safetensors or
     pytorch_model.bin) or a .lit file converted from one.

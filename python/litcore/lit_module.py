@@ -76,7 +76,7 @@ class LitModule:
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
                  device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
-                 read_mode: str = "sendfile", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY) -> None:
+                 read_mode: str = "buffer", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -107,7 +107,7 @@ class LitModule:
     @classmethod
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
-                    threads: int = 1, read_mode: str = "sendfile", verbose: bool = False,
+                    threads: int = 1, read_mode: str = "buffer", verbose: bool = False,
                     verify: Union[str, bool] = DEFAULT_VERIFY) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
@@ -117,11 +117,12 @@ class LitModule:
         what the cgroup has left after each forward); with `device="cuda"`,
         `gpu_memory_budget` ("auto": free device memory minus a margin) bounds what stays on
         the GPU, and the rest streams through pinned buffers on a copy stream.
-        `read_mode` says how streamed weights are read: "sendfile" (default: the page cache
-        through the file's readahead, no copy; fastest where reading is the bottleneck),
-        "direct" (past the page cache into memory moved into place in the mapping: the budget
-        is the footprint in any file order, at some speed; falls back to "sendfile" where the
-        file system takes no direct reads),
+        `read_mode` says how streamed weights are read: "buffer" (default: direct reads past
+        the page cache into the prefetch window's own memory, kept for the whole run; a
+        module's tensors point there while it runs; the budget is the footprint in any file
+        order; on a GPU, with verify="lazy", or where the file system takes no direct reads,
+        "sendfile"), "sendfile" (the page cache through the file's readahead, no copy),
+        "direct" (past the page cache into new memory moved into place in the mapping),
         "auto" ("direct" where it works, else "sendfile"), "pread" (the page cache with a
         copy), "populate" (page faults) or "exact" (readahead off).
         `threads`: prefetch reader threads (1-64). `verify`: checksums, "none" (default),

@@ -45,7 +45,7 @@ struct UnitSpec {
 struct EngineOptions {
   uint64_t memory_budget = 0;  // bytes for weights, resident and in flight; 0: auto_budget()
   int threads = 1;             // prefetch reader threads
-  ReadMode read_mode = ReadMode::Sendfile;
+  ReadMode read_mode = ReadMode::Buffer;
   bool warm_up = true;         // read the resident weights in before the first forward
   // Re-lay out what streams from rates measured on each forward, and compute the streamed
   // modules with one thread fewer where the reads bound them (compute_threads.h).
@@ -205,6 +205,11 @@ class Engine {
   // Routed `unit`'s module ran: the expert cache learns what it chose, and its pages and
   // the evicted experts' are kept or dropped accordingly. Called without mu_.
   void cache_experts(int unit);
+  // Points `unit`'s tensors at where the reader read it in the window's buffer, if it did;
+  // and back at the mapping as its last entry exits (before its block is given back).
+  void point_at_buffer(int unit);
+  void point_back(int unit);
+  void point_back_locked(int unit);
   // The expert cache takes the plan's room: what no longer fits, or belongs to a unit now
   // resident, leaves it.
   void size_expert_cache_locked();
@@ -256,6 +261,9 @@ class Engine {
   std::vector<std::vector<int64_t>> chosen_;
   std::vector<bool> chose_all_;
   std::vector<int> open_;        // entered and not yet exited
+  // Per unit: how many of its entries run from the window's buffer (read_mode="buffer"): its
+  // tensors point there (Store::point_at) until the last of them exits.
+  std::vector<int> pointed_;
   std::vector<PassStats> passes_;
   std::vector<std::string> warnings_;
   std::unique_ptr<Prefetcher> prefetcher_;

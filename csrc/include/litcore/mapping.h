@@ -79,6 +79,11 @@ class Mapping {
   // release() of a range holding it, or with the mapping.
   bool prepare(uint64_t offset, uint64_t length) const;
   void discard_prepared() const;
+  // Reads the whole pages of [offset, offset + length) (`offset` at a page) with direct reads
+  // into `into` (page-aligned memory of the caller's, at least that long): no page cache, the
+  // mapping untouched. Returns false, having read nothing, where direct reads are refused.
+  // Throws IOError naming the file as fill_cache does.
+  bool read_direct_into(uint64_t offset, uint64_t length, uint8_t* into) const;
   // Bytes prepared and not yet placed or freed.
   uint64_t prepared_bytes() const;
   // Bytes put in place and not released.
@@ -116,6 +121,25 @@ class Mapping {
 
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// Memory the process keeps for as long as it lives (anonymous, at a huge-page boundary,
+// advised for huge pages, faulted in at once): a buffer that every streamed read reuses. On a
+// virtual machine whose host takes freed memory back, memory freed and taken again costs a
+// host fault per page at its first touch; kept memory does not (docs/benchmarks.md).
+class OwnMemory {
+ public:
+  // Throws IOError when the memory cannot be had; `what` names its use in the message.
+  OwnMemory(uint64_t bytes, const std::string& what);
+  ~OwnMemory();
+  OwnMemory(const OwnMemory&) = delete;
+  OwnMemory& operator=(const OwnMemory&) = delete;
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
 };
 
 }  // namespace litcore

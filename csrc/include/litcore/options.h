@@ -12,7 +12,7 @@ namespace litcore {
 
 // "none" | "lazy" | "full" (`verify`).
 Verify parse_verify(const std::string& mode);
-// "auto" | "direct" | "sendfile" | "pread" | "populate" | "exact" (`read_mode`).
+// "buffer" | "auto" | "direct" | "sendfile" | "pread" | "populate" | "exact" (`read_mode`).
 ReadMode parse_read_mode(const std::string& mode);
 // A memory budget: bytes ("1200000000") or a size with a unit ("1200MB", "1.5GiB", "800M":
 // k/M/G/T are powers of 10, KiB/MiB/GiB/TiB of 2), or "auto" (returns 0). Anything else,

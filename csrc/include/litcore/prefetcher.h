@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "litcore/mapping.h"
+#include "litcore/window_buffer.h"
 
 namespace litcore {
 
@@ -66,10 +67,12 @@ struct PrefetchStats {
   uint64_t peak_in_flight_bytes = 0;
 };
 
-// How a unit is read: past the page cache into new memory put in place
-// (Mapping::place), or into the page cache (Mapping::fill_cache, then MADV_POPULATE_READ
-// maps the cached pages).
+// How a unit is read: past the page cache into the window's own memory (WindowBuffer) or
+// into new memory put in place (Mapping::place), or into the page cache
+// (Mapping::fill_cache, then MADV_POPULATE_READ maps the cached pages).
 enum class ReadMode {
+  Buffer,    // direct reads into the window's buffer, kept and reused; the engine points the
+             // unit's tensors there while it runs (Store::point_at). No page cache, no new memory
   Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy (the default)
   Auto,      // Direct where the file system takes direct reads, otherwise Sendfile
   Direct,    // direct reads into new memory moved into place: no page cache, no readahead
@@ -141,8 +144,15 @@ class Prefetcher {
 
   PrefetchStats stats() const;
   void reset_stats();
-  // The mode reads use (never Auto); Direct turns to Sendfile if the file system refuses.
+  // The mode reads use (never Auto); Direct and Buffer turn to Sendfile if the file system
+  // refuses direct reads.
   ReadMode read_mode() const;
+  // Where the byte at file `offset` of `unit` (a unit wait() returned for, in use) lies in
+  // the window's buffer; nullptr when the unit was read into the mapping (any mode but
+  // Buffer, or a unit that found no room in the buffer, or read at once out of order).
+  uint8_t* buffer_address(int unit, uint64_t offset) const;
+  // The window's buffer's size (0: none), what read_mode="buffer" holds beside the mapping.
+  uint64_t buffer_bytes() const;
   uint64_t unit_bytes(int unit) const;
 
  private:
@@ -171,7 +181,18 @@ class Prefetcher {
   void release_locked(int unit);
   // Drops a unit's pages (memory put in place is freed, the file mapped there again).
   void drop(int unit);
-  bool direct() const { return read_mode_.load() == ReadMode::Direct; }
+  // Direct reads, into new memory or into the window's buffer: page runs, no readahead.
+  bool direct() const {
+    ReadMode mode = read_mode_.load();
+    return mode == ReadMode::Direct || mode == ReadMode::Buffer;
+  }
+  bool buffered() const { return read_mode_.load() == ReadMode::Buffer; }
+  // With Buffer reads, a block of the window's buffer for `unit` (true: it has one, or needs
+  // none); false where no free stretch is long enough yet: frees come in the order units
+  // were claimed, so the claimer waits for one, as it waits for room in the window.
+  bool take_block_locked(int unit);
+  // Gives back `unit`'s block of the window's buffer, if it has one.
+  void free_block(int unit);
   // Read whole by the readers: neither on-demand nor deferred.
   bool read_whole(int unit) const { return !options_.on_demand[unit] && !options_.deferred[unit]; }
   // Counts a read unit's bytes in bytes_read, once per read.
@@ -187,6 +208,14 @@ class Prefetcher {
   // tensors joins them): what direct reads put in place, one block of the file each.
   std::vector<std::vector<ByteRange>> runs_;
   std::atomic<ReadMode> read_mode_{ReadMode::Sendfile};
+  // With Buffer reads: the window's memory (the window less a routed unit's room in it; made
+  // by set_order(), again when that changed and no block is out), each unit's block of it
+  // (-1: none), and where each of the unit's page runs starts in its block.
+  std::unique_ptr<WindowBuffer> buffer_;
+  uint64_t buffer_size_ = 0;  // what buffer_ was made for
+  std::vector<int64_t> block_;
+  std::vector<std::vector<uint64_t>> packed_;
+  std::vector<uint64_t> run_bytes_;  // per unit, its page runs' bytes: its block's size
   std::vector<uint64_t> bytes_;
   std::vector<uint64_t> cost_;  // what a unit takes of the window: 0 for on-demand units
   Options options_;

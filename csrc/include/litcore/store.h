@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <string>
 #include <vector>
@@ -43,6 +44,14 @@ class Store {
   // store is closed or destroyed: each tensor holds a reference to the mapping.
   at::Tensor get(const std::string& name) const;
 
+  // While a streamed module runs from the prefetch window's buffer (read_mode="buffer"):
+  // every tensor get() has handed out for `name` reads `data` (the same bytes, read there with
+  // direct reads) instead of the mapping, until point_back(name). Their storages' pointers
+  // move, not the tensors: every view and parameter made from them follows, and autograd's
+  // saved tensors read the mapping again once the module has run. Counted: nested calls
+  // point back at the last one. Thread-safe.
+  void point_at(const std::string& name, uint8_t* data);
+  void point_back(const std::string& name);
   // The file byte ranges holding `names` (aliases resolved, each stored tensor once,
   // neighbours merged), in file order.
   std::vector<std::pair<uint64_t, uint64_t>> byte_ranges(const std::vector<std::string>& names) const;
@@ -76,6 +85,16 @@ class Store {
   FileIndex index_;
   Verify verify_mode_;
   std::unique_ptr<std::atomic<bool>[]> verified_;
+  // Per stored tensor: the storages get() handed out (weakly held), and while pointed at a
+  // buffer the pointers to the mapping they had.
+  struct HandedOut {
+    std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> storages;
+    int pointed = 0;
+    std::vector<std::pair<c10::intrusive_ptr<c10::StorageImpl>, c10::DataPtr>> saved;
+  };
+  size_t stored_index(const std::string& name) const;
+  mutable std::mutex handed_out_mu_;
+  mutable std::vector<HandedOut> handed_out_;
 };
 
 }  // namespace litcore

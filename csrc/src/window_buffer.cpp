@@ -1,0 +1,56 @@
+#include "litcore/window_buffer.h"
+
+#include <iterator>
+
+namespace litcore {
+namespace {
+constexpr uint64_t kPage = 4096;  // direct reads land at page boundaries
+}  // namespace
+
+WindowBuffer::WindowBuffer(uint64_t bytes, const std::string& path)
+    : memory_(bytes, "the prefetch window's buffer for '" + path + "'") {
+  if (memory_.size() > 0) free_[0] = memory_.size();
+}
+
+int64_t WindowBuffer::allocate(uint64_t bytes) {
+  uint64_t need = (bytes + kPage - 1) / kPage * kPage;
+  if (need == 0) need = kPage;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < need) continue;
+    uint64_t offset = it->first, length = it->second;
+    free_.erase(it);
+    if (length > need) free_[offset + need] = length - need;
+    used_[offset] = need;
+    return static_cast<int64_t>(offset);
+  }
+  return -1;
+}
+
+void WindowBuffer::free(int64_t block) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto used = used_.find(static_cast<uint64_t>(block));
+  if (used == used_.end()) return;
+  uint64_t offset = used->first, length = used->second;
+  used_.erase(used);
+  auto next = free_.lower_bound(offset);
+  if (next != free_.end() && next->first == offset + length) {  // joins the free stretch after it
+    length += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto before = std::prev(next);
+    if (before->first + before->second == offset) {  // and the one before it
+      before->second += length;
+      return;
+    }
+  }
+  free_[offset] = length;
+}
+
+size_t WindowBuffer::blocks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return used_.size();
+}
+
+}  // namespace litcore

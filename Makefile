@@ -46,7 +46,7 @@ ASAN_SITE := build/asan-site
 ASAN_TESTS := tests/test_format.py tests/test_store.py tests/test_malformed.py tests/test_fuzz.py \
 	tests/test_convert.py tests/test_cpp.py tests/test_safety.py tests/test_lit_module.py tests/test_jit.py \
 	tests/test_transformers.py tests/test_pytorch_lit.py tests/test_entry_points.py tests/test_trust.py tests/test_cold_start.py tests/test_compute_threads.py \
-	tests/test_hf_checkpoints.py tests/test_architectures.py tests/test_routed_experts.py
+	tests/test_hf_checkpoints.py tests/test_architectures.py tests/test_routed_experts.py tests/test_buffer_reads.py
 asan: $(DEPS)
 	$(PIP) install --quiet --no-build-isolation --no-deps --upgrade --target $(ASAN_SITE) . \
 		-Ccmake.define.LITCORE_SANITIZE=address,undefined -Cbuild-dir=build/asan

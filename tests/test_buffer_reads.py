@@ -3,16 +3,14 @@ direct reads into the prefetch window's own memory, kept and reused for the whol
 module's tensors point there while it runs (their storages' pointers move; the tensors do
 not). Checked on a real transformers architecture and real files: bit-exact forwards and
 generate, the tensors back on the file's mapping between forwards and after a forward that
-raised, autograd reading the weights after their modules ran, no copy in the page cache, and
-a file system without direct reads (tmpfs) read through the page cache instead."""
-import os
-
+raised, autograd reading the weights after their modules ran, and no copy in the page cache.
+A file system without direct reads: tests/test_direct_reads.py."""
 import pytest
 import torch
 
 import litcore
 from pagecache import cached_bytes
-from test_direct_reads import BUDGET, _check_run, _config, _reference, _takes_direct_reads, _takes_direct_reads_dir
+from test_direct_reads import BUDGET, _check_run, _config, _reference, _takes_direct_reads
 
 
 def _saved(tmp_path):
@@ -105,18 +103,3 @@ def test_autograd_reads_the_weights_after_their_modules_ran(tmp_path):
     for (name, p), (_, q) in zip(lit.module.named_parameters(), ref.named_parameters()):
         assert torch.equal(p.grad, q.grad), name
     lit.close()
-
-
-def test_a_file_system_without_direct_reads_reads_through_the_page_cache(tmp_path):
-    shm = "/dev/shm"
-    if not os.path.isdir(shm) or _takes_direct_reads_dir(shm):
-        pytest.skip("no tmpfs without direct reads here")
-    path = os.path.join(shm, f"litcore-test-buffer-{os.getpid()}.lit")
-    try:
-        litcore.save(_reference().state_dict(), path)
-        lit, _ = _check_run(path, "buffer")
-        assert lit.stats()["buffer_reads"] == 0
-        lit.close()
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)

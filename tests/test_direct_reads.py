@@ -110,10 +110,11 @@ def test_a_file_system_without_direct_reads_falls_back(tmp_path):
     path = os.path.join(shm, f"litcore-test-{os.getpid()}.lit")
     try:
         litcore.save(_reference().state_dict(), path)
-        for read_mode in ("auto", "direct"):
+        for read_mode in ("auto", "direct", "buffer"):
             lit, _ = _check_run(path, read_mode)
             stats = lit.stats()
             assert stats["direct_reads"] == 0 and stats["placed_bytes"] == 0, read_mode
+            assert stats["buffer_reads"] == 0, read_mode
             lit.close()
     finally:
         if os.path.exists(path):

@@ -102,8 +102,21 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
   if (!store_) throw std::invalid_argument("litcore: the engine needs a store");
   check_threads(options_.threads);
   if (!backend_) backend_ = std::make_unique<CpuBackend>();
+  // Tensors pointed at the window's buffer are the CPU's own; lazy checks hash what the
+  // mapping holds, so they read through it. Settled before the first plan, which sizes the
+  // window for the mode the reader will use.
+  if (options_.read_mode == ReadMode::Buffer && (backend_->device() != "cpu" || options_.verify == Verify::Lazy)) {
+    options_.read_mode = ReadMode::Sendfile;
+  }
   units_ = units_of(*store_, specs, &tensors_);
   pointed_.assign(units_.size(), 0);
+  tensor_offsets_.resize(units_.size());
+  for (size_t i = 0; i < units_.size(); ++i) {
+    for (const auto& name : tensors_[i]) {
+      const TensorInfo& t = store_->info(name);
+      if (t.nbytes > 0) tensor_offsets_[i].emplace_back(name, t.offset);
+    }
+  }
   for (const auto& names : tensors_) {
     std::vector<ByteRange> ranges;
     for (const auto& [offset, length] : store_->byte_ranges(names)) ranges.push_back({offset, length});
@@ -161,11 +174,6 @@ Engine::Engine(std::shared_ptr<Store> store, const std::vector<UnitSpec>& specs,
     po.window_bytes = plan_.window_bytes;
     po.threads = options_.threads;
     po.read_mode = options_.read_mode;
-    // Tensors pointed at the buffer are the CPU's own; lazy checks hash what the mapping
-    // holds, so they read through it.
-    if (po.read_mode == ReadMode::Buffer && (backend_->device() != "cpu" || options_.verify == Verify::Lazy)) {
-      po.read_mode = ReadMode::Sendfile;
-    }
     for (const auto& u : units_) po.on_demand.push_back(u.on_demand);
     for (int n : experts_) po.deferred.push_back(n > 0);
     if (options_.verify == Verify::Lazy) po.after_read = [this](int unit) { store_->verify_once(tensors_[unit]); };
@@ -192,8 +200,7 @@ Plan Engine::plan_for(const std::vector<int>& order, const std::set<int>& ran, c
   // file stores it, so the window holds no read groups (a name-ordered file plans as a
   // model-ordered one).
   ReadMode mode = prefetcher_ ? prefetcher_->read_mode() : resolve_read_mode(options_.read_mode, *store_->mapping());
-  bool direct = mode == ReadMode::Direct || mode == ReadMode::Buffer;
-  uint64_t group = direct ? 0 : planned_read_group(units_, order, ranges_, budget_);
+  uint64_t group = reads_direct(mode) ? 0 : planned_read_group(units_, order, ranges_, budget_);
   return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group);
 }
 
@@ -342,16 +349,14 @@ void Engine::point_at_buffer(int unit) {
     ++pointed_[unit];  // entered again while it runs: the same block
     return;
   }
-  std::vector<std::pair<std::string, uint8_t*>> targets;
-  for (const auto& name : tensors_[unit]) {
-    const TensorInfo& t = store_->info(name);
-    if (t.nbytes == 0) continue;
-    uint8_t* at = prefetcher_->buffer_address(unit, t.offset);
+  std::vector<uint8_t*> targets;
+  for (const auto& [name, offset] : tensor_offsets_[unit]) {
+    uint8_t* at = prefetcher_->buffer_address(unit, offset);
     if (!at) return;  // read into the mapping: its tensors are valid as they are
-    targets.emplace_back(name, at);
+    targets.push_back(at);
   }
   if (targets.empty()) return;
-  for (const auto& [name, at] : targets) store_->point_at(name, at);
+  for (size_t k = 0; k < targets.size(); ++k) store_->point_at(tensor_offsets_[unit][k].first, targets[k]);
   pointed_[unit] = 1;
 }
 
@@ -362,9 +367,7 @@ void Engine::point_back(int unit) {
 
 void Engine::point_back_locked(int unit) {
   if (pointed_[unit] == 0 || --pointed_[unit] > 0) return;
-  for (const auto& name : tensors_[unit]) {
-    if (store_->info(name).nbytes > 0) store_->point_back(name);
-  }
+  for (const auto& [name, offset] : tensor_offsets_[unit]) store_->point_back(name);
 }
 
 void Engine::exit(int unit) {

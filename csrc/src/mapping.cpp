@@ -57,6 +57,27 @@ uint64_t page_size() {
 // enough that an error names a narrow range.
 constexpr uint64_t kDirectRead = 16ull << 20;
 
+// New anonymous memory of `len` bytes at a huge-page boundary, advised for huge pages: a
+// direct read into 2 MiB pages is one long scatter list (2.0 GB/s against 0.8-1.4 into 4 KiB
+// pages, same disk). Throws IOError "no memory for `len` bytes of `what` '`path`'".
+uint8_t* huge_page_block(uint64_t len, const std::string& what, const std::string& path) {
+  void* p = mmap(nullptr, static_cast<size_t>(len + kLargestFolio), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    throw IOError(errno_message("litcore: no memory for " + std::to_string(len) + " bytes of " + what, path, err), err);
+  }
+  auto* raw = static_cast<uint8_t*>(p);
+  auto* block = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + kLargestFolio - 1) / kLargestFolio *
+                                           kLargestFolio);
+  if (block > raw) munmap(raw, static_cast<size_t>(block - raw));
+  if (raw + kLargestFolio > block) munmap(block + len, static_cast<size_t>(raw + kLargestFolio - block));
+#ifdef MADV_HUGEPAGE
+  madvise(block, static_cast<size_t>(len), MADV_HUGEPAGE);  // advice only: 4 KiB pages work too
+#endif
+  return block;
+}
+
 void warn(const char* what, const std::string& path, int err) {
   std::fprintf(stderr, "litcore: warning: %s '%s': %s\n", what, path.c_str(), std::strerror(err));
 }
@@ -83,25 +104,7 @@ struct Mapping::Impl {
   // Memory prepared for a later place(): offset -> (block, page-rounded length). Under placed_mu.
   std::map<uint64_t, std::pair<uint8_t*, uint64_t>> prepared;
 
-  // New memory at a huge-page boundary, advised for huge pages: a direct read into 2 MiB
-  // pages is one long scatter list (2.0 GB/s against 0.8-1.4 into 4 KiB pages, same disk).
-  uint8_t* new_block(uint64_t len) const {
-    void* p = mmap(nullptr, static_cast<size_t>(len + kLargestFolio), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      throw IOError(errno_message("litcore: no memory for " + std::to_string(len) + " bytes of streamed weights of",
-                                  path, errno), errno);
-    }
-    auto* raw = static_cast<uint8_t*>(p);
-    auto* block = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + kLargestFolio - 1) / kLargestFolio *
-                                             kLargestFolio);
-    if (block > raw) munmap(raw, static_cast<size_t>(block - raw));
-    if (raw + kLargestFolio > block) munmap(block + len, static_cast<size_t>(raw + kLargestFolio - block));
-#ifdef MADV_HUGEPAGE
-    madvise(block, static_cast<size_t>(len), MADV_HUGEPAGE);  // advice only: 4 KiB pages work too
-#endif
-    return block;
-  }
+  uint8_t* new_block(uint64_t len) const { return huge_page_block(len, "streamed weights of", path); }
 
   // The page-rounded length place() and prepare() take for [offset, offset + length), or 0
   // where nothing can be placed (no direct reads, an offset off a page or past the end).
@@ -495,27 +498,12 @@ bool Mapping::read_direct_into(uint64_t offset, uint64_t length, uint8_t* into) 
   return false;
 }
 
-OwnMemory::OwnMemory(uint64_t bytes, const std::string& what) {
+OwnMemory::OwnMemory(uint64_t bytes, const std::string& what, const std::string& path) {
   // Whole huge pages where the buffer is that large; a small model's window takes pages.
   uint64_t unit = bytes >= kLargestFolio ? kLargestFolio : page_size();
   size_ = (bytes + unit - 1) / unit * unit;
   if (size_ == 0) return;
-  void* p = mmap(nullptr, static_cast<size_t>(size_ + kLargestFolio), PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    throw IOError(errno_message("litcore: no memory for " + std::to_string(size_) + " bytes of", what, err), err);
-  }
-  auto* raw = static_cast<uint8_t*>(p);
-  data_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + kLargestFolio - 1) / kLargestFolio *
-                                     kLargestFolio);
-  if (data_ > raw) munmap(raw, static_cast<size_t>(data_ - raw));
-  if (raw + kLargestFolio > data_) munmap(data_ + size_, static_cast<size_t>(raw + kLargestFolio - data_));
-#ifdef MADV_HUGEPAGE
-  // Direct reads into 2 MiB pages are one long scatter list each (into 4 KiB pages this disk
-  // read at half speed); advice only: 4 KiB pages work too.
-  madvise(data_, static_cast<size_t>(size_), MADV_HUGEPAGE);
-#endif
+  data_ = huge_page_block(size_, what, path);
   fault_in_writable(data_, size_);
 }
 

@@ -354,16 +354,16 @@ void Prefetcher::read(const std::vector<int>& units) {
     read_mode_ = ReadMode::Sendfile;
     ranges.erase(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(placed));
   }
-  read_cached(ranges);
+  // A unit that found no block in the window's buffer: exactly its bytes, as direct reads.
+  read_cached(ranges, buffered());
 }
 
-void Prefetcher::read_cached(const std::vector<ByteRange>& ranges) {
+void Prefetcher::read_cached(const std::vector<ByteRange>& ranges, bool exact) {
   for (const auto& r : ranges) {
     // Reads through the file's readahead first, then maps pages already cached: page faults
     // alone read a streamed range at about half the speed (docs/benchmarks.md). Never
     // MADV_WILLNEED: it splits the reads into small requests (0.6 GB/s against 1.8).
-    // A unit that found no block in the window's buffer: exactly its bytes, as direct reads.
-    if (options_.read_mode == ReadMode::Exact || buffered()) {
+    if (exact || options_.read_mode == ReadMode::Exact) {
       mapping_->fill_cache_exact(r.offset, r.length);
     } else if (options_.read_mode != ReadMode::Populate) {
       mapping_->fill_cache(r.offset, r.length, options_.read_mode == ReadMode::Pread);

@@ -74,7 +74,7 @@ at::Tensor Store::get(const std::string& name) const {
   const TensorInfo& t = info(name);
   const auto& m = mapping();
   m->check_faults();
-  size_t stored = t.alias_of >= 0 ? static_cast<size_t>(t.alias_of) : index_.by_name.at(name);
+  size_t stored = stored_index(name);
   check_lazy(stored);
   auto options = at::TensorOptions().dtype(to_scalar_type(t.dtype)).device(at::kCPU);
   if (t.nbytes == 0) return at::empty(t.shape, options);

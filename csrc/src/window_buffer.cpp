@@ -8,7 +8,7 @@ constexpr uint64_t kPage = 4096;  // direct reads land at page boundaries
 }  // namespace
 
 WindowBuffer::WindowBuffer(uint64_t bytes, const std::string& path)
-    : memory_(bytes, "the prefetch window's buffer for '" + path + "'") {
+    : memory_(bytes, "the prefetch window's buffer for", path) {
   if (memory_.size() > 0) free_[0] = memory_.size();
 }
 

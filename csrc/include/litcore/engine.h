@@ -264,6 +264,9 @@ class Engine {
   // Per unit: how many of its entries run from the window's buffer (read_mode="buffer"): its
   // tensors point there (Store::point_at) until the last of them exits.
   std::vector<int> pointed_;
+  // Per unit, its stored tensors that hold bytes, with their offsets in the file: what
+  // point_at_buffer() points and point_back() points back.
+  std::vector<std::vector<std::pair<std::string, uint64_t>>> tensor_offsets_;
   std::vector<PassStats> passes_;
   std::vector<std::string> warnings_;
   std::unique_ptr<Prefetcher> prefetcher_;

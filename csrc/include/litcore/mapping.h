@@ -129,8 +129,8 @@ class Mapping {
 // host fault per page at its first touch; kept memory does not (docs/benchmarks.md).
 class OwnMemory {
  public:
-  // Throws IOError when the memory cannot be had; `what` names its use in the message.
-  OwnMemory(uint64_t bytes, const std::string& what);
+  // Throws IOError when the memory cannot be had, naming its use (`what`) and `path`.
+  OwnMemory(uint64_t bytes, const std::string& what, const std::string& path);
   ~OwnMemory();
   OwnMemory(const OwnMemory&) = delete;
   OwnMemory& operator=(const OwnMemory&) = delete;

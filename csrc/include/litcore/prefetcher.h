@@ -73,7 +73,7 @@ struct PrefetchStats {
 enum class ReadMode {
   Buffer,    // direct reads into the window's buffer, kept and reused; the engine points the
              // unit's tensors there while it runs (Store::point_at). No page cache, no new memory
-  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy (the default)
+  Sendfile,  // sendfile() into /dev/null: the file's readahead, no copy
   Auto,      // Direct where the file system takes direct reads, otherwise Sendfile
   Direct,    // direct reads into new memory moved into place: no page cache, no readahead
   Pread,     // 8 MiB preads into a scratch buffer: the same readahead, plus a copy
@@ -83,6 +83,9 @@ enum class ReadMode {
 
 // The mode Auto stands for on `mapping`; any other mode as it is.
 ReadMode resolve_read_mode(ReadMode mode, const Mapping& mapping);
+// Direct reads, into new memory or into the window's buffer: each unit's page runs, no
+// readahead to keep sequential, so no read groups.
+inline bool reads_direct(ReadMode mode) { return mode == ReadMode::Direct || mode == ReadMode::Buffer; }
 
 class Prefetcher {
  public:
@@ -170,7 +173,8 @@ class Prefetcher {
   // Reads `units` (one read group) in file order and maps them.
   void read(const std::vector<int>& units);
   // Reads `ranges` into the page cache the read mode's way and maps them.
-  void read_cached(const std::vector<ByteRange>& ranges);
+  // `exact`: readahead off whatever the mode (what a Buffer read without a block reads).
+  void read_cached(const std::vector<ByteRange>& ranges, bool exact = false);
   // Marks `units` Loading: their bytes count in the window from now on.
   void claim_locked(const std::vector<int>& units);
   // Reads claimed `units` with `lock` released, marks them Ready.
@@ -181,11 +185,7 @@ class Prefetcher {
   void release_locked(int unit);
   // Drops a unit's pages (memory put in place is freed, the file mapped there again).
   void drop(int unit);
-  // Direct reads, into new memory or into the window's buffer: page runs, no readahead.
-  bool direct() const {
-    ReadMode mode = read_mode_.load();
-    return mode == ReadMode::Direct || mode == ReadMode::Buffer;
-  }
+  bool direct() const { return reads_direct(read_mode_.load()); }
   bool buffered() const { return read_mode_.load() == ReadMode::Buffer; }
   // With Buffer reads, a block of the window's buffer for `unit` (true: it has one, or needs
   // none); false where no free stretch is long enough yet: frees come in the order units

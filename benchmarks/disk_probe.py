@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 import time
-from typing import List, Tuple
+from typing import List, Optional, Set, Tuple
 
 
 FILL_READERS = 2
@@ -69,13 +69,20 @@ def fill(path: str) -> float:
     return size / seconds
 
 
-def streamed_ranges(path: str, nbytes: int) -> List[Tuple[int, int]]:
-    """About `nbytes` of whole tensors in file order, starting a tenth into the file (past the
-    embedding), as a streamed run of layers does: (offset, length) pairs."""
+def tensor_ranges(path: str, modules: Optional[Set[str]] = None) -> List[Tuple[int, int]]:
+    """The byte ranges of the file's tensors (of those owned by `modules`, if given), one per
+    tensor, in file order: (offset, length) pairs."""
     import litcore
 
     with litcore.Store(path) as store:
-        ranges = sorted(r for key in store.keys() for r in store.native.byte_ranges([key]))
+        keys = [k for k in store.keys() if modules is None or k.rpartition(".")[0] in modules]
+        return sorted(r for key in keys for r in store.native.byte_ranges([key]))
+
+
+def streamed_ranges(path: str, nbytes: int) -> List[Tuple[int, int]]:
+    """About `nbytes` of whole tensors in file order, starting a tenth into the file (past the
+    embedding), as a streamed run of layers does: (offset, length) pairs."""
+    ranges = tensor_ranges(path)
     first = next(i for i, (offset, _) in enumerate(ranges) if offset >= os.path.getsize(path) // 10)
     chosen, total = [], 0
     for offset, length in ranges[first:] + ranges[:first]:

@@ -22,16 +22,12 @@ def paired_probe(model, lit_path: str) -> Tuple[int, float]:
     nothing of this row's limit), right now. Returns (bytes, seconds); (0, 0.0) where
     nothing streams or experts stream by routing (a forward reads only the chosen ones)."""
     import cgroup  # beside this file
-
-    import litcore
+    import disk_probe
 
     plan = model.plan
     if not plan.streamed_modules or plan.routed_bytes:
         return 0, 0.0
-    streamed = set(plan.streamed_modules)
-    with litcore.Store(lit_path) as store:
-        keys = [k for k in store.keys() if k.rpartition(".")[0] in streamed]
-        ranges = sorted(r for k in keys for r in store.native.byte_ranges([k]))
+    ranges = disk_probe.tensor_ranges(lit_path, set(plan.streamed_modules))
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(ranges, f)
         f.flush()

@@ -207,6 +207,23 @@ def test_an_io_bound_pass_takes_a_spread_layout_back_to_one_run():
     assert again.resident == spread.resident
 
 
+def test_direct_reads_spread_an_io_bound_pass_whose_reader_would_idle():
+    # 3 ms of compute per unit (60 ms a pass) against 80 ms of reads: IO-bound. In one run the
+    # twelve resident units compute for 36 ms while the reader fills its 30 ms window and
+    # waits; spread, the reader reads through every resident stretch.
+    rates = _rates(3e-3, seek=0.5e-3)
+    single = make_plan(LAYERS, ORDER, 150 * MiB)
+    assert model_pass_seconds(LAYERS, ORDER, single, rates) > 0.080 * 1.05
+    assert make_plan(LAYERS, ORDER, 150 * MiB, rates=rates).runs == 1  # through the page cache: one run
+    spread = make_plan(LAYERS, ORDER, 150 * MiB, rates=rates, direct_reads=True)
+    assert spread.runs > 1 and _runs(ORDER, spread.resident) == spread.runs
+    assert spread.streamed_bytes == single.streamed_bytes
+    assert spread.resident_bytes + spread.window_bytes <= 150 * MiB
+    assert spread.modeled_seconds < 0.95 * model_pass_seconds(LAYERS, ORDER, single, rates)
+    # Far IO-bound the reader never idles in one run: spreading gains nothing, one run stays.
+    assert make_plan(LAYERS, ORDER, 150 * MiB, rates=_rates(1e-3, seek=0.5e-3), direct_reads=True).runs == 1
+
+
 def test_seeks_dearer_than_the_stall_keep_one_run():
     plan = make_plan(LAYERS, ORDER, 150 * MiB, rates=_rates(6e-3, seek=50e-3))
     assert plan.runs == 1

@@ -308,11 +308,12 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("make_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, uint64_t budget,
                         const std::set<int>& ran, int depth, const RatesTuple& rates, int current_runs,
-                        uint64_t read_group_bytes) {
+                        uint64_t read_group_bytes, bool direct_reads) {
     return plan_tuple(make_plan(to_units(units), order, budget, ran, depth, to_rates(rates), current_runs,
-                                read_group_bytes));
+                                read_group_bytes, direct_reads));
   }, py::arg("units"), py::arg("order"), py::arg("budget"), py::arg("ran") = std::set<int>{}, py::arg("depth") = 3,
-     py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1, py::arg("read_group_bytes") = 0);
+     py::arg("rates") = RatesTuple{0.0, 0.0, 0.0}, py::arg("current_runs") = 1, py::arg("read_group_bytes") = 0,
+     py::arg("direct_reads") = false);
   m.def("make_device_plan", [](const std::vector<UnitTuple>& units, const std::vector<int>& order, uint64_t budget,
                                int slots, uint64_t slot_overhead) {
     return plan_tuple(make_device_plan(to_units(units), order, budget, slots, slot_overhead));

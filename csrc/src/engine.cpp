@@ -201,7 +201,7 @@ Plan Engine::plan_for(const std::vector<int>& order, const std::set<int>& ran, c
   // model-ordered one).
   ReadMode mode = prefetcher_ ? prefetcher_->read_mode() : resolve_read_mode(options_.read_mode, *store_->mapping());
   uint64_t group = reads_direct(mode) ? 0 : planned_read_group(units_, order, ranges_, budget_);
-  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group);
+  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group, reads_direct(mode));
 }
 
 std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& units) const {

@@ -181,7 +181,7 @@ Fill spread(const std::vector<Unit>& units, const std::vector<int>& candidates, 
 
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
                const std::set<int>& ran_before, int depth, const PassRates& rates, int current_runs,
-               uint64_t read_group_bytes) {
+               uint64_t read_group_bytes, bool direct_reads) {
   Plan plan;
   plan.budget = budget;
   for (const auto& u : units) plan.total_bytes += u.nbytes;
@@ -315,6 +315,9 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
   // kernel's readahead (which runs ahead of the window), and each gap costs more than the
   // measured seek (readahead restarts small). Measured on the 1.1B model under 1.2 GB,
   // IO-bound generation: 6 runs 1.03 tokens/s, one run 1.14-1.18, where the model favoured 6.
+  // Direct reads (`direct_reads`) have neither: nothing reads past the window, so one run
+  // leaves the reader idle through the resident stretch, and a gap costs the measured seek
+  // and no more. There the model decides, IO-bound too.
   double compute = 0;
   for (int i : order) {
     if (!units[i].on_demand) compute += static_cast<double>(units[i].nbytes) * rates.compute_seconds_per_byte;
@@ -324,7 +327,7 @@ Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, ui
     Plan p = assemble(spread(units, candidates, best.forced, room, depth, read_group_bytes, runs));
     if (p.resident_bytes + p.window_bytes > budget) continue;
     double reads = static_cast<double>(p.streamed_bytes) * rates.read_seconds_per_byte + p.runs * rates.seek_seconds;
-    if (reads > 0.8 * compute) continue;
+    if (!direct_reads && reads > 0.8 * compute) continue;
     if (p.modeled_seconds < chosen.modeled_seconds) chosen = p;
     if (p.runs == current_runs && current.runs != current_runs) current = p;  // runs may merge: match what ran
   }

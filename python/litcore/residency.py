@@ -122,15 +122,18 @@ def _native_rates(rates: Optional[PassRates]) -> tuple:
 
 def make_plan(units: Sequence[Unit], order: Sequence[int], budget: int, *, ran: Optional[Set[int]] = None,
               depth: int = 3, rates: Optional[PassRates] = None, current_runs: int = 1,
-              read_group_bytes: int = 0) -> Plan:
+              read_group_bytes: int = 0, direct_reads: bool = False) -> Plan:
     """Plans residency for `units` run in `order` (unit indices; repeats allowed) under
     `budget` bytes; `ran` is every unit ever seen running (default: those in `order`).
     With `rates`, what streams may be spread in several runs when the pass model predicts
     it faster; a layout other than `current_runs` runs must win by 5%. `read_group_bytes`:
     the largest read group (read_group_bytes()); the window holds it and the largest unit.
+    `direct_reads`: the reader reads each unit alone, past the page cache (read_mode "direct"
+    or "buffer"), so a spread layout is weighed even where the reads bound the pass.
     Raises BudgetTooSmallError naming the module that cannot fit."""
     return plan_from_native(_C.make_plan(_native_units(units), list(order), int(budget), set(ran or ()), depth,
-                                         _native_rates(rates), current_runs, int(read_group_bytes)), units)
+                                         _native_rates(rates), current_runs, int(read_group_bytes),
+                                         bool(direct_reads)), units)
 
 
 def read_group_bytes(units: Sequence[Unit], order: Sequence[int], ranges: Sequence[Sequence[Tuple[int, int]]],

@@ -82,17 +82,20 @@ class BudgetTooSmallError : public std::invalid_argument {
 // forward are kept resident before any routed one (a token reads 2 of 8 experts: a resident
 // byte of them saves a quarter of what a resident byte of attention saves).
 //
-// One run is right when reading is the bottleneck. When compute is (a budget that streams a
+// One run is right when reading through the page cache is the bottleneck (the kernel's
+// readahead reads on past the window through the resident part). When compute is (a budget that streams a
 // little, a forward over few tokens), one run cannot hide its read: the reader can only be a
 // window ahead, so it idles through the resident part and compute then waits for the rest.
 // With measured `rates`, the planner also tries 2-8 runs spread evenly along the order (each
 // read under the compute before it, at the cost of a seek per run) and keeps the layout the
 // pass model (pass_model.h) predicts fastest; a layout other than `current_runs` must win by
 // 5%, so a plan does not flap between forwards of different shapes. `read_group_bytes`: the
-// largest run of units the reader reads as one (read_groups.h).
+// largest run of units the reader reads as one (read_groups.h). `direct_reads`: the reader
+// reads each unit alone past the page cache (ReadMode Direct or Buffer): no readahead runs
+// ahead of the window, so spread layouts are weighed where the reads bound the pass too.
 Plan make_plan(const std::vector<Unit>& units, const std::vector<int>& order, uint64_t budget,
                const std::set<int>& ran = {}, int depth = 3, const PassRates& rates = {}, int current_runs = 1,
-               uint64_t read_group_bytes = 0);
+               uint64_t read_group_bytes = 0, bool direct_reads = false);
 
 // The residency plan on a GPU (device="cuda"), within `budget` bytes of device memory:
 // streamed weights pass through a ring of `slots` device buffers, each the size of the

@@ -1,6 +1,7 @@
-"""One compute thread fewer while the streamed modules of an IO-bound forward run: when the
-engine narrows, that it covers exactly the streamed stretch, and that the caller's thread
-count always comes back (after a forward, after one that raised)."""
+"""One compute thread fewer while the streamed modules of an IO-bound forward run, where asked
+for (`narrow_compute=True`): when the engine narrows, that it covers exactly the streamed
+stretch, that the caller's thread count always comes back (after a forward, after one that
+raised), and that by default it never narrows."""
 import pytest
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ def streaming(tmp):
     torch.manual_seed(0)
     ref = build().eval()
     litcore.save(ref.state_dict(), tmp / "n.lit")
-    return ref, litcore.LitModule.from_params(tmp / "n.lit", build, memory_budget="7MiB")
+    return ref, litcore.LitModule.from_params(tmp / "n.lit", build, memory_budget="7MiB", narrow_compute=True)
 
 
 def _seen(lit) -> list:
@@ -94,6 +95,23 @@ def test_an_io_bound_forward_narrows_its_streamed_stretch_only(streaming, thread
     assert lit.stats()["last"]["compute_threads"] == 1
 
 
+def test_by_default_an_io_bound_forward_keeps_every_thread(tmp, threads_two):
+    # Narrowing is asked for: fewer threads may sum a reduction in another order.
+    torch.manual_seed(0)
+    ref = build().eval()
+    litcore.save(ref.state_dict(), tmp / "d.lit")
+    lit = litcore.LitModule.from_params(tmp / "d.lit", build, memory_budget="7MiB")
+    x = torch.randn(4, 512)
+    with torch.no_grad():
+        lit(x)
+        lit.engine.replan(IO_BOUND)
+        _seen(lit)
+        assert torch.equal(lit(x), ref(x))
+    assert "streamed" in {kind for _, kind, _ in lit.plan.placements()}
+    assert _seen(lit) == [2] * len(lit.module)
+    assert lit.stats()["last"]["compute_threads"] == 2
+
+
 def test_a_compute_bound_forward_keeps_every_thread(streaming, threads_two):
     ref, lit = streaming
     x = torch.randn(4, 512)
@@ -112,7 +130,7 @@ def test_the_callers_count_comes_back_after_a_forward_that_raised(tmp, threads_t
 
     torch.manual_seed(0)
     litcore.save(build_failing().state_dict(), tmp / "f.lit")
-    lit = litcore.LitModule.from_params(tmp / "f.lit", build_failing, memory_budget="6MiB")
+    lit = litcore.LitModule.from_params(tmp / "f.lit", build_failing, memory_budget="6MiB", narrow_compute=True)
     x = torch.randn(4, 512)
     for _ in range(2):
         with pytest.raises(RuntimeError, match="boom"), torch.no_grad():

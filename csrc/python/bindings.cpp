@@ -239,7 +239,8 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](std::shared_ptr<Store> store, const std::vector<UnitSpecTuple>& units, uint64_t memory_budget,
-                       int threads, const std::string& read_mode, bool warm_up, bool adapt, const std::string& verify) {
+                       int threads, const std::string& read_mode, bool warm_up, bool adapt, const std::string& verify,
+                       bool narrow_compute) {
              std::vector<UnitSpec> specs = to_specs(units);
              EngineOptions options;
              options.memory_budget = memory_budget;
@@ -248,12 +249,13 @@ PYBIND11_MODULE(_C, m) {
              options.warm_up = warm_up;
              options.adapt = adapt;
              options.verify = parse_verify(verify);
+             options.narrow_compute = narrow_compute;
              py::gil_scoped_release nogil;
              return std::make_unique<Engine>(std::move(store), specs, options);
            }),
            py::arg("store"), py::arg("units"), py::arg("memory_budget") = 0, py::arg("threads") = 1,
            py::arg("read_mode") = "sendfile", py::arg("warm_up") = true, py::arg("adapt") = true,
-           py::arg("verify") = "none")
+           py::arg("verify") = "none", py::arg("narrow_compute") = false)
       .def("begin", &Engine::begin, py::arg("restart") = false, py::call_guard<py::gil_scoped_release>())
       .def("enter", py::overload_cast<int>(&Engine::enter), py::call_guard<py::gil_scoped_release>())
       .def("enter_experts", py::overload_cast<int, const std::vector<int64_t>&>(&Engine::enter),

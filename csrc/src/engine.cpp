@@ -644,7 +644,8 @@ void Engine::replan(const PassRates& rates) {
 }
 
 bool Engine::narrows_locked(const PassRates& rates, bool narrowed) const {
-  return backend_->device() == "cpu" && narrow_streamed_compute(rates, compute_threads_.full(), narrowed);
+  return options_.narrow_compute && backend_->device() == "cpu" &&
+         narrow_streamed_compute(rates, compute_threads_.full(), narrowed);
 }
 
 void Engine::set_plan_locked(const Plan& plan) {

@@ -48,9 +48,9 @@ class Engine:
 
     def __init__(self, store: Store, specs: Sequence[UnitSpec], *, memory_budget: int, threads: int = 1,
                  read_mode: str = "buffer", warm_up: bool = True, adapt: bool = True,
-                 verify: str = DEFAULT_VERIFY) -> None:
+                 verify: str = DEFAULT_VERIFY, narrow_compute: bool = False) -> None:
         self.native = _C.Engine(store.native, list(specs), memory_budget, check_threads(threads), read_mode, warm_up,
-                                adapt, check_verify(verify))
+                                adapt, check_verify(verify), bool(narrow_compute))
         self.units: List[Unit] = [Unit(*u) for u in self.native.units()]
         self.begin = self.native.begin
         self.enter = self.native.enter

@@ -154,7 +154,7 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
                     model_class: Optional[Type] = None, config: Any = None, progress: bool = True,
                     device: str = "cpu", gpu_memory_budget: Budget = "auto", strict: bool = True, threads: int = 1,
                     read_mode: str = "buffer", verbose: bool = False,
-                    verify: Union[str, bool, None] = None) -> LitModule:
+                    verify: Union[str, bool, None] = None, narrow_compute: bool = False) -> LitModule:
     """A ready LitModule for a transformers model directory (config.json + safetensors or
     pytorch_model.bin) or a .lit file converted from one.
 
@@ -186,7 +186,7 @@ def from_pretrained(model_dir_or_lit: PathLike, *, dtype: Optional[DTypeLike] = 
 
     return LitModule.from_params(lit_path, lambda: _build(model_class, config), memory_budget=memory_budget,
                                  device=device, gpu_memory_budget=gpu_memory_budget, strict=strict, threads=threads,
-                                 read_mode=read_mode, verbose=verbose, verify=verify)
+                                 read_mode=read_mode, verbose=verbose, verify=verify, narrow_compute=narrow_compute)
 
 
 def _skeleton(model_class: Type, config: Any):

@@ -76,7 +76,8 @@ class LitModule:
 
     def __init__(self, module: nn.Module, store: Store, binding: Binding, *, memory_budget: Budget = "auto",
                  device: str = "cpu", gpu_memory_budget: Budget = "auto", threads: int = 1,
-                 read_mode: str = "buffer", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY) -> None:
+                 read_mode: str = "buffer", verbose: bool = False, verify: Union[str, bool] = DEFAULT_VERIFY,
+                 narrow_compute: bool = False) -> None:
         self.module = module
         self.store = store
         self.verbose = verbose
@@ -96,7 +97,7 @@ class LitModule:
             # 0 is "auto" to the engine, which then moves the budget to what memory is left.
             auto = memory_budget is None or (isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto")
             self.engine = Engine(store, binding.specs(module), memory_budget=0 if auto else budget, threads=threads,
-                                 read_mode=read_mode, verify=verify)
+                                 read_mode=read_mode, verify=verify, narrow_compute=narrow_compute)
         hooked = {i: binding.units[i].module for i in self.engine.hooked_units()}
         # Apart from the pass bounds: removed once nothing needs them (a warm-up that ended).
         # First, so that a root module that is a unit exits before the pass ends.
@@ -108,7 +109,7 @@ class LitModule:
     def from_params(cls, path: PathLike, builder: Callable[[], nn.Module], device: str = "cpu", *,
                     memory_budget: Budget = "auto", gpu_memory_budget: Budget = "auto", strict: bool = True,
                     threads: int = 1, read_mode: str = "buffer", verbose: bool = False,
-                    verify: Union[str, bool] = DEFAULT_VERIFY) -> "LitModule":
+                    verify: Union[str, bool] = DEFAULT_VERIFY, narrow_compute: bool = False) -> "LitModule":
         """Builds the model with `builder()` under empty_init(), binds it to the weights at
         `path` (a .lit file or a prepare_params directory) and returns it ready to run.
 
@@ -129,7 +130,12 @@ class LitModule:
         "lazy" (each tensor the first time it is read; the rest after the first forward,
         before its result is returned) or "full" (all, before returning); a mismatch raises
         FormatError naming the tensor. `strict=False` accepts missing (zero-
-        filled) and unexpected tensors with a warning. `verbose` prints a line per forward."""
+        filled) and unexpected tensors with a warning. `verbose` prints a line per forward.
+        `narrow_compute=True` computes the streamed modules of a forward the reads bound with
+        one intra-op thread fewer (on a 2-core virtual machine generation ran 22-27% faster:
+        spinning OpenMP workers slowed the reader); off by default because a kernel may then
+        sum in another order, so outputs are no longer bit-exact to the in-memory model on
+        every CPU."""
         verify = check_verify(verify)
         check_threads(threads)
         device = torch.device(parse_device(str(device)))
@@ -147,7 +153,7 @@ class LitModule:
         binding = bind(module, store, strict=strict)
         return cls(module, store, binding, memory_budget=memory_budget, device=str(device),
                    gpu_memory_budget=gpu_memory_budget, threads=threads, read_mode=read_mode, verbose=verbose,
-                   verify=verify)
+                   verify=verify, narrow_compute=narrow_compute)
 
     # ---- running ------------------------------------------------------------------------
 

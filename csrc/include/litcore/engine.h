@@ -47,9 +47,14 @@ struct EngineOptions {
   int threads = 1;             // prefetch reader threads
   ReadMode read_mode = ReadMode::Buffer;
   bool warm_up = true;         // read the resident weights in before the first forward
-  // Re-lay out what streams from rates measured on each forward, and compute the streamed
-  // modules with one thread fewer where the reads bound them (compute_threads.h).
+  // Re-lay out what streams from rates measured on each forward.
   bool adapt = true;
+  // With `adapt`: compute the streamed modules with one intra-op thread fewer where the
+  // reads bound them (compute_threads.h). Off by default: a kernel that splits a reduction
+  // across threads sums in another order on fewer threads, so outputs may differ in the
+  // last bits from the same model run on the caller's count (an fp32 Llama's logits by
+  // 2e-6 on a Xeon with AMX).
+  bool narrow_compute = false;
   // Checksums: None; Full, every tensor when the engine starts; Lazy, each tensor the first
   // time its bytes are read: by the warm-up and prefetch readers as they read, and what the
   // first forward faulted in itself at its end, before its result is handed back. A

@@ -60,12 +60,18 @@ def threads_two():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def streaming(tmp):
+def _streaming(tmp, narrow_compute: bool):
+    """The reference model and the same weights streaming under a budget of 7 of 12 units."""
     torch.manual_seed(0)
     ref = build().eval()
     litcore.save(ref.state_dict(), tmp / "n.lit")
-    return ref, litcore.LitModule.from_params(tmp / "n.lit", build, memory_budget="7MiB", narrow_compute=True)
+    return ref, litcore.LitModule.from_params(tmp / "n.lit", build, memory_budget="7MiB",
+                                              narrow_compute=narrow_compute)
+
+
+@pytest.fixture
+def streaming(tmp):
+    return _streaming(tmp, narrow_compute=True)
 
 
 def _seen(lit) -> list:
@@ -95,31 +101,18 @@ def test_an_io_bound_forward_narrows_its_streamed_stretch_only(streaming, thread
     assert lit.stats()["last"]["compute_threads"] == 1
 
 
-def test_by_default_an_io_bound_forward_keeps_every_thread(tmp, threads_two):
-    # Narrowing is asked for: fewer threads may sum a reduction in another order.
-    torch.manual_seed(0)
-    ref = build().eval()
-    litcore.save(ref.state_dict(), tmp / "d.lit")
-    lit = litcore.LitModule.from_params(tmp / "d.lit", build, memory_budget="7MiB")
+@pytest.mark.parametrize("narrow_compute, rates", [(False, IO_BOUND), (True, COMPUTE_BOUND)],
+                         ids=["io-bound-by-default", "compute-bound"])
+def test_every_thread_is_kept_unless_asked_for_and_io_bound(tmp, threads_two, narrow_compute, rates):
+    # By default it never narrows: fewer threads may sum a reduction in another order.
+    ref, lit = _streaming(tmp, narrow_compute)
     x = torch.randn(4, 512)
     with torch.no_grad():
         lit(x)
-        lit.engine.replan(IO_BOUND)
+        lit.engine.replan(rates)
         _seen(lit)
         assert torch.equal(lit(x), ref(x))
     assert "streamed" in {kind for _, kind, _ in lit.plan.placements()}
-    assert _seen(lit) == [2] * len(lit.module)
-    assert lit.stats()["last"]["compute_threads"] == 2
-
-
-def test_a_compute_bound_forward_keeps_every_thread(streaming, threads_two):
-    ref, lit = streaming
-    x = torch.randn(4, 512)
-    with torch.no_grad():
-        lit(x)
-        lit.engine.replan(COMPUTE_BOUND)
-        _seen(lit)
-        assert torch.equal(lit(x), ref(x))
     assert _seen(lit) == [2] * len(lit.module)
     assert lit.stats()["last"]["compute_threads"] == 2
 

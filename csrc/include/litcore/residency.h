@@ -83,9 +83,10 @@ class BudgetTooSmallError : public std::invalid_argument {
 // byte of them saves a quarter of what a resident byte of attention saves).
 //
 // One run is right when reading through the page cache is the bottleneck (the kernel's
-// readahead reads on past the window through the resident part). When compute is (a budget that streams a
-// little, a forward over few tokens), one run cannot hide its read: the reader can only be a
-// window ahead, so it idles through the resident part and compute then waits for the rest.
+// readahead reads on past the window through the resident part). When compute is (a budget
+// that streams a little, a forward over few tokens), one run cannot hide its read: the reader
+// can only be a window ahead, so it idles through the resident part and compute then waits
+// for the rest.
 // With measured `rates`, the planner also tries 2-8 runs spread evenly along the order (each
 // read under the compute before it, at the cost of a seek per run) and keeps the layout the
 // pass model (pass_model.h) predicts fastest; a layout other than `current_runs` must win by

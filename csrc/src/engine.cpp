@@ -198,10 +198,11 @@ Plan Engine::plan_for(const std::vector<int>& order, const std::set<int>& ran, c
                       int current_runs) const {
   // Direct reads have no readahead to keep sequential: each unit is read alone wherever the
   // file stores it, so the window holds no read groups (a name-ordered file plans as a
-  // model-ordered one).
+  // model-ordered one), and nothing is read past the window (make_plan weighs spread layouts).
   ReadMode mode = prefetcher_ ? prefetcher_->read_mode() : resolve_read_mode(options_.read_mode, *store_->mapping());
-  uint64_t group = reads_direct(mode) ? 0 : planned_read_group(units_, order, ranges_, budget_);
-  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group, reads_direct(mode));
+  bool direct = reads_direct(mode);
+  uint64_t group = direct ? 0 : planned_read_group(units_, order, ranges_, budget_);
+  return make_plan(units_, order, budget_, ran, 3, rates, current_runs, group, direct);
 }
 
 std::vector<std::vector<ByteRange>> Engine::ranges_of(const std::vector<int>& units) const {

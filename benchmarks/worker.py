@@ -181,9 +181,12 @@ def main() -> None:
                              ("generate", stats["per_forward"][1 + args.steady:])):
             read_s = sum(p.get("read_seconds", 0.0) for p in passes)  # a baseline build may not have it
             forward_s = sum(p["forward_seconds"] for p in passes)
+            # Busy: the share of the forwards the reader read through. read_seconds also counts
+            # what it read between forwards; a build before forward_read_seconds reports that.
+            during_s = sum(p.get("forward_read_seconds", p.get("read_seconds", 0.0)) for p in passes)
             if read_s > 0 and forward_s > 0:
                 result[f"{name}_reader_bytes_per_s"] = sum(p["bytes_read"] for p in passes) / read_s
-                result[f"{name}_reader_busy"] = read_s / forward_s
+                result[f"{name}_reader_busy"] = during_s / forward_s
             threads = sorted({p["compute_threads"] for p in passes if "compute_threads" in p})
             if threads:  # the streamed modules' intra-op threads (a baseline build may not have it)
                 result[f"{name}_compute_threads"] = "/".join(map(str, threads))

@@ -442,6 +442,32 @@ def test_buffers_computed_at_construction_follow_the_files_dtype(tmp):
         assert torch.equal(lit(x), same(x))
 
 
+def _two_large_layers() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 64), nn.ReLU(), nn.Linear(64, 1024),
+                         nn.Linear(1024, 1024))
+
+
+def test_the_readers_time_is_split_at_the_forwards_edges(tmp):
+    """read_seconds counts what the reader read for a forward since the one before ended;
+    forward_read_seconds only what it read while the forward ran. Under a budget that holds
+    one 4 MiB layer, the first layer can only be read once the last one is dropped at the
+    forward's end: each forward after the first has reads before it began, and the one
+    reader thread never reads longer than the forward it reads beside."""
+    litcore.save(_two_large_layers().state_dict(), tmp / "two.lit")
+    lit = litcore.LitModule.from_params(tmp / "two.lit", _two_large_layers, memory_budget="5MB")
+    with torch.no_grad():
+        for _ in range(4):
+            lit(torch.randn(4, 1024))
+            time.sleep(0.05)
+    passes = lit.stats()["per_forward"]
+    for p in passes:
+        assert 0 <= p["forward_read_seconds"] <= min(p["read_seconds"], p["forward_seconds"]), p
+    assert all(p["read_seconds"] > p["forward_read_seconds"] > 0 for p in passes[1:]), passes
+    total = lit.stats()["total"]
+    assert total["forward_read_seconds"] == pytest.approx(sum(p["forward_read_seconds"] for p in passes))
+
+
 def test_verbose_prints_each_forward_with_the_readers_time(awkward_file, capsys):
     _, path = awkward_file
     lit = litcore.LitModule.from_params(path, Awkward, memory_budget="30KB", verbose=True)

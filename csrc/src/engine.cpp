@@ -30,6 +30,7 @@ std::vector<Stat> PassStats::fields() const {
           count("mispredicts", mispredicts),
           seconds("io_wait_seconds", io_wait_seconds),
           seconds("read_seconds", read_seconds),
+          seconds("forward_read_seconds", forward_read_seconds),
           count("peak_in_flight_bytes", peak_in_flight_bytes),
           count("resident_bytes", resident_bytes),
           count("streamed_runs", static_cast<uint64_t>(streamed_runs)),
@@ -242,6 +243,7 @@ void Engine::begin(bool restart) {
   open_.clear();
   compute_threads_.capture();
   pass_narrowed_ = false;
+  read_seconds_at_start_ = prefetcher_ ? prefetcher_->stats().read_seconds : 0;
   started_ = Clock::now();
 }
 
@@ -501,6 +503,7 @@ void Engine::end(bool failed) {
       entry.mispredicts = s.mispredicts;
       entry.io_wait_seconds = s.wait_seconds;
       entry.read_seconds = s.read_seconds;
+      entry.forward_read_seconds = std::max(s.read_seconds - read_seconds_at_start_, 0.0);
       entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
       entry.expert_cache_hits = pass_expert_hits_;
     }
@@ -774,6 +777,7 @@ std::vector<Stat> Engine::totals() const {
     sum.mispredicts += p.mispredicts;
     sum.io_wait_seconds += p.io_wait_seconds;
     sum.read_seconds += p.read_seconds;
+    sum.forward_read_seconds += p.forward_read_seconds;
     sum.expert_cache_hits += p.expert_cache_hits;
   }
   std::vector<Stat> out;

@@ -277,6 +277,7 @@ class CudaRuntime:
         self._recorded = False
         self._depth = 0
         self._started = 0.0
+        self._read_seconds_at_start = 0.0
 
     # ---- the pass interface -------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class CudaRuntime:
             if self.warmup is not None:
                 self.warmup.stop()
             self._order = []
+            self._read_seconds_at_start = self.host.stats()["read_seconds"] if self.host is not None else 0.0
             self._started = time.perf_counter()
         self._depth += 1
 
@@ -304,13 +306,16 @@ class CudaRuntime:
             return
         entry: Dict[str, Any] = {"forward_seconds": time.perf_counter() - self._started, "bytes_read": 0,
                                  "prefetch_hits": 0, "prefetch_misses": 0, "mispredicts": 0, "io_wait_seconds": 0.0,
-                                 "read_seconds": 0.0, "peak_in_flight_bytes": 0, "expert_cache_hits": 0}
+                                 "read_seconds": 0.0, "forward_read_seconds": 0.0, "peak_in_flight_bytes": 0,
+                                 "expert_cache_hits": 0}
         if self.host is not None:
             s = self.host.stats()
             self.host.reset_stats()
             entry.update(bytes_read=s["bytes_read"], prefetch_hits=s["hits"], prefetch_misses=s["misses"],
                          mispredicts=s["mispredicts"], io_wait_seconds=s["wait_seconds"],
-                         read_seconds=s["read_seconds"], peak_in_flight_bytes=s["peak_in_flight_bytes"])
+                         read_seconds=s["read_seconds"],
+                         forward_read_seconds=max(s["read_seconds"] - self._read_seconds_at_start, 0.0),
+                         peak_in_flight_bytes=s["peak_in_flight_bytes"])
         g = self.streamer.take_stats()  # the host prefetcher follows the feeder: misses show here
         entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"],
                      gpu_mispredicts=g["mispredicts"])
@@ -347,7 +352,7 @@ class CudaRuntime:
 
     def totals(self) -> Dict[str, Any]:
         keys = ["forward_seconds", "bytes_read", "prefetch_hits", "prefetch_misses", "mispredicts", "io_wait_seconds",
-                "read_seconds", "gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses", "gpu_mispredicts"]
+                "read_seconds", "forward_read_seconds", "gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses", "gpu_mispredicts"]
         return {k: sum(p[k] for p in self._passes) for k in keys}
 
     def take_warnings(self) -> List[str]:

@@ -80,9 +80,12 @@ struct PassStats {
   double io_wait_seconds = 0;    // time the forward waited on reads
   // Time the prefetch reader spent reading since the forward before ended (its reads for
   // the next forward's first modules included; with several reader threads, their sum):
-  // near forward_seconds, the disk bounds the forward; bytes_read / read_seconds is the
-  // speed the reads ran at.
+  // bytes_read / read_seconds is the speed the reads ran at.
   double read_seconds = 0;
+  // The part of read_seconds that fell while this forward ran: near forward_seconds, the
+  // disk bounds the forward. (read_seconds / forward_seconds can pass 1: it also counts
+  // what the reader read between forwards.)
+  double forward_read_seconds = 0;
   uint64_t peak_in_flight_bytes = 0;
   uint64_t resident_bytes = 0;   // under the plan this forward ran
   int streamed_runs = 0;
@@ -255,6 +258,7 @@ class Engine {
   ComputeThreads compute_threads_;
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;
+  double read_seconds_at_start_ = 0;  // the prefetcher's read_seconds when the forward began
   std::vector<int> pass_order_;  // units entered in this forward
   // The fewest bytes a streamed routed unit read this forward (its chosen experts' slices
   // not in the expert cache).

@@ -20,12 +20,13 @@ def paired_probe(model, lit_path: str) -> Tuple[int, float]:
     """The floor beside a running litcore: the byte ranges its plan streams now, read in file
     order the floor probe's way by a process in a cgroup of its own (so the reads take
     nothing of this row's limit), right now. Returns (bytes, seconds); (0, 0.0) where
-    nothing streams or experts stream by routing (a forward reads only the chosen ones)."""
+    nothing streams, experts stream by routing (a forward reads only the chosen ones), or an
+    older build (a baseline) cannot say which modules its plan streams."""
     import cgroup  # beside this file
     import disk_probe
 
     plan = model.plan
-    if not plan.streamed_modules or plan.routed_bytes:
+    if not getattr(plan, "streamed_modules", None) or plan.routed_bytes:
         return 0, 0.0
     ranges = disk_probe.tensor_ranges(lit_path, set(plan.streamed_modules))
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:

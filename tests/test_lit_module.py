@@ -449,11 +449,11 @@ def _two_large_layers() -> nn.Module:
 
 
 def test_the_readers_time_is_split_at_the_forwards_edges(tmp):
-    """read_seconds counts what the reader read for a forward since the one before ended;
-    forward_read_seconds only what it read while the forward ran. Under a budget that holds
-    one 4 MiB layer, the first layer can only be read once the last one is dropped at the
-    forward's end: each forward after the first has reads before it began, and the one
-    reader thread never reads longer than the forward it reads beside."""
+    """read_seconds counts what was read for a forward since the one before ended;
+    forward_read_seconds only the wall time the forward ran with a read in flight. Under a
+    budget that holds one 4 MiB layer, the first layer can only be read once the last one is
+    dropped at the forward's end: each forward after the first has reads before it began,
+    and reads never take longer than the forward they ran in, however many ran at once."""
     litcore.save(_two_large_layers().state_dict(), tmp / "two.lit")
     lit = litcore.LitModule.from_params(tmp / "two.lit", _two_large_layers, memory_budget="5MB")
     with torch.no_grad():
@@ -462,7 +462,7 @@ def test_the_readers_time_is_split_at_the_forwards_edges(tmp):
             time.sleep(0.05)
     passes = lit.stats()["per_forward"]
     for p in passes:
-        assert 0 <= p["forward_read_seconds"] <= min(p["read_seconds"], p["forward_seconds"]), p
+        assert 0 <= p["forward_read_seconds"] <= p["forward_seconds"] + 1e-3, p
     assert all(p["read_seconds"] > p["forward_read_seconds"] > 0 for p in passes[1:]), passes
     total = lit.stats()["total"]
     assert total["forward_read_seconds"] == pytest.approx(sum(p["forward_read_seconds"] for p in passes))

@@ -104,6 +104,7 @@ py::dict prefetch_stats_dict(const PrefetchStats& s) {
   d["mispredicts"] = s.mispredicts;
   d["wait_seconds"] = s.wait_seconds;
   d["read_seconds"] = s.read_seconds;
+  d["reading_seconds"] = s.reading_seconds;
   d["timed_bytes"] = s.timed_bytes;
   d["seek_reads"] = s.seek_reads;
   d["seek_read_bytes"] = s.seek_read_bytes;

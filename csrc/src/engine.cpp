@@ -243,7 +243,7 @@ void Engine::begin(bool restart) {
   open_.clear();
   compute_threads_.capture();
   pass_narrowed_ = false;
-  read_seconds_at_start_ = prefetcher_ ? prefetcher_->stats().read_seconds : 0;
+  reading_seconds_at_start_ = prefetcher_ ? prefetcher_->stats().reading_seconds : 0;
   started_ = Clock::now();
 }
 
@@ -503,7 +503,7 @@ void Engine::end(bool failed) {
       entry.mispredicts = s.mispredicts;
       entry.io_wait_seconds = s.wait_seconds;
       entry.read_seconds = s.read_seconds;
-      entry.forward_read_seconds = std::max(s.read_seconds - read_seconds_at_start_, 0.0);
+      entry.forward_read_seconds = std::max(s.reading_seconds - reading_seconds_at_start_, 0.0);
       entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
       entry.expert_cache_hits = pass_expert_hits_;
     }

@@ -413,6 +413,7 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
     bool spills = !direct() && options_.read_mode != ReadMode::Exact;
     spill_ = spills ? ByteRange{end, mapping_->readahead_reach()} : ByteRange{};
   }
+  read_started_locked();
   lock.unlock();  // the read runs without the lock: waits and done() go on meanwhile
   auto start = Clock::now();
   std::exception_ptr error;
@@ -435,6 +436,7 @@ void Prefetcher::load_unlocked(const std::vector<int>& units, std::unique_lock<s
   }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   lock.lock();
+  read_ended_locked();
   for (size_t i = 0; i < units.size(); ++i) {
     int unit = units[i];
     if (read_whole(unit)) unbilled_[unit] = true;
@@ -477,18 +479,39 @@ uint64_t Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
     }
     bytes += r.length;
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    read_started_locked();
+  }
   auto start = Clock::now();
-  // Through the file's readahead, as the readers read: what it reads past a part lies in the
-  // unit's own room (its other experts) and leaves with it. Reads of exactly the parts were
-  // slower (docs/benchmarks.md, "Routed experts").
-  read_cached(parts);
+  try {
+    // Through the file's readahead, as the readers read: what it reads past a part lies in
+    // the unit's own room (its other experts) and leaves with it. Reads of exactly the parts
+    // were slower (docs/benchmarks.md, "Routed experts").
+    read_cached(parts);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    read_ended_locked();
+    throw;
+  }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   std::lock_guard<std::mutex> lock(mu_);
+  read_ended_locked();
   stats_.bytes_read += bytes;
   stats_.timed_bytes += bytes;
   stats_.read_seconds += seconds;
   stats_.wait_seconds += seconds;  // the forward waits for its own reads
   return bytes;
+}
+
+void Prefetcher::read_started_locked() {
+  if (reads_in_flight_++ == 0) reading_since_ = Clock::now();
+}
+
+void Prefetcher::read_ended_locked() {
+  if (--reads_in_flight_ == 0) {
+    stats_.reading_seconds += std::chrono::duration<double>(Clock::now() - reading_since_).count();
+  }
 }
 
 void Prefetcher::bill_locked(int unit) {
@@ -689,6 +712,7 @@ PrefetchStats Prefetcher::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   PrefetchStats s = stats_;
   s.in_flight_bytes = in_flight_;
+  if (reads_in_flight_ > 0) s.reading_seconds += std::chrono::duration<double>(Clock::now() - reading_since_).count();
   return s;
 }
 
@@ -696,6 +720,7 @@ void Prefetcher::reset_stats() {
   std::lock_guard<std::mutex> lock(mu_);
   stats_ = PrefetchStats{};
   stats_.peak_in_flight_bytes = in_flight_;
+  reading_since_ = Clock::now();  // a read running now counts from here on
 }
 
 }  // namespace litcore

@@ -277,7 +277,7 @@ class CudaRuntime:
         self._recorded = False
         self._depth = 0
         self._started = 0.0
-        self._read_seconds_at_start = 0.0
+        self._reading_seconds_at_start = 0.0
 
     # ---- the pass interface -------------------------------------------------------------
 
@@ -289,7 +289,7 @@ class CudaRuntime:
             if self.warmup is not None:
                 self.warmup.stop()
             self._order = []
-            self._read_seconds_at_start = self.host.stats()["read_seconds"] if self.host is not None else 0.0
+            self._reading_seconds_at_start = self.host.stats()["reading_seconds"] if self.host is not None else 0.0
             self._started = time.perf_counter()
         self._depth += 1
 
@@ -314,7 +314,7 @@ class CudaRuntime:
             entry.update(bytes_read=s["bytes_read"], prefetch_hits=s["hits"], prefetch_misses=s["misses"],
                          mispredicts=s["mispredicts"], io_wait_seconds=s["wait_seconds"],
                          read_seconds=s["read_seconds"],
-                         forward_read_seconds=max(s["read_seconds"] - self._read_seconds_at_start, 0.0),
+                         forward_read_seconds=max(s["reading_seconds"] - self._reading_seconds_at_start, 0.0),
                          peak_in_flight_bytes=s["peak_in_flight_bytes"])
         g = self.streamer.take_stats()  # the host prefetcher follows the feeder: misses show here
         entry.update(gpu_bytes_copied=g["bytes_copied"], gpu_prefetch_hits=g["hits"], gpu_prefetch_misses=g["misses"],

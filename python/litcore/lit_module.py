@@ -202,8 +202,8 @@ class LitModule:
         runs), the warm-up's, and per forward the bytes read from storage, prefetch
         hits/misses/mispredicts, the seconds the forward waited on IO, the seconds the reader
         spent reading its weights (`read_seconds`, since the forward before ended) and the
-        part of them while it ran (`forward_read_seconds`: near `forward_seconds`, the disk
-        bounds the forward). For
+        wall time it ran with a read in flight (`forward_read_seconds`: near
+        `forward_seconds`, the disk bounds the forward). For
         mixture-of-experts layers, `routed_bytes` streams by routing, `expert_cache_bytes` of
         their experts stay cached, and each forward counts the chosen experts it found cached
         (`expert_cache_hits`). `last` is the latest forward, `total` the sums. With

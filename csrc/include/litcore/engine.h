@@ -82,9 +82,9 @@ struct PassStats {
   // the next forward's first modules included; with several reader threads, their sum):
   // bytes_read / read_seconds is the speed the reads ran at.
   double read_seconds = 0;
-  // The part of read_seconds that fell while this forward ran: near forward_seconds, the
-  // disk bounds the forward. (read_seconds / forward_seconds can pass 1: it also counts
-  // what the reader read between forwards.)
+  // Wall time while this forward ran with at least one read in flight: near
+  // forward_seconds, the disk bounds the forward. (read_seconds / forward_seconds can pass
+  // 1: it also counts reads between forwards, and sums reads that ran at once.)
   double forward_read_seconds = 0;
   uint64_t peak_in_flight_bytes = 0;
   uint64_t resident_bytes = 0;   // under the plan this forward ran
@@ -258,7 +258,7 @@ class Engine {
   ComputeThreads compute_threads_;
   int depth_ = 0;
   std::chrono::steady_clock::time_point started_;
-  double read_seconds_at_start_ = 0;  // the prefetcher's read_seconds when the forward began
+  double reading_seconds_at_start_ = 0;  // the prefetcher's reading_seconds when the forward began
   std::vector<int> pass_order_;  // units entered in this forward
   // The fewest bytes a streamed routed unit read this forward (its chosen experts' slices
   // not in the expert cache).

@@ -6,6 +6,7 @@
 // ready); the readers read what was claimed, in that order.
 #pragma once
 
+#include <chrono>
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -58,6 +59,9 @@ struct PrefetchStats {
   uint64_t mispredicts = 0;   // wait() for a unit other than the predicted next one
   double wait_seconds = 0;    // time wait() blocked the caller
   double read_seconds = 0;    // time spent reading units (on the readers or in wait())
+  // Wall time with at least one read in flight: reads at once (a reader thread's and a
+  // waiting caller's own) count once, where read_seconds sums them.
+  double reading_seconds = 0;
   uint64_t timed_bytes = 0;   // the bytes those reads brought in
   // Reads that did not continue the previous one (the planner's seek cost comes from these).
   uint64_t seek_reads = 0;
@@ -145,7 +149,7 @@ class Prefetcher {
   // Drops every streamed unit not in use (e.g. between runs).
   void release_all();
 
-  PrefetchStats stats() const;
+  PrefetchStats stats() const;  // reading_seconds includes the reads running now
   void reset_stats();
   // The mode reads use (never Auto); Direct and Buffer turn to Sendfile if the file system
   // refuses direct reads.
@@ -197,6 +201,8 @@ class Prefetcher {
   bool read_whole(int unit) const { return !options_.on_demand[unit] && !options_.deferred[unit]; }
   // Counts a read unit's bytes in bytes_read, once per read.
   void bill_locked(int unit);
+  void read_started_locked();
+  void read_ended_locked();
   // Moves past the front position of the order (consumed), and past any after it that were
   // consumed out of order.
   void advance_locked();
@@ -248,6 +254,8 @@ class Prefetcher {
   ByteRange spill_;
   bool stop_ = false;
   PrefetchStats stats_;
+  int reads_in_flight_ = 0;  // reads running now (stats_.reading_seconds counts their union)
+  std::chrono::steady_clock::time_point reading_since_;  // when reads_in_flight_ left 0, or the last reset
   std::vector<std::thread> threads_;  // the claimer, then the readers
 };
 

@@ -57,3 +57,13 @@ def test_cpp_expert_cache_policy(cpp_tests):
     r = subprocess.run([str(cpp_tests / "expert_cache_check")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "failures 0" in r.stdout, r.stdout + r.stderr
     assert r.stdout.count("ok ") == 22, r.stdout
+
+
+def test_cpp_window_buffer_keeps_room_for_the_next_large_unit(cpp_tests):
+    """The window's buffer on a Llama layer's reads (q, k, v, o, then three 22 MiB MLP
+    projections) in a window of two projections: each projection finds a stretch beside the
+    one in use as soon as the window has its bytes free. Placed lowest-first, the gate lands
+    above the attention and the up projection waits for the gate to be used."""
+    r = subprocess.run([str(cpp_tests / "window_buffer_check")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "failures 0" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.count("ok ") == 8, r.stdout

@@ -16,6 +16,26 @@ int64_t WindowBuffer::allocate(uint64_t bytes) {
   uint64_t need = (bytes + kPage - 1) / kPage * kPage;
   if (need == 0) need = kPage;
   std::lock_guard<std::mutex> lock(mu_);
+  // The window holds two of the largest units and smaller ones between them. Placed lowest
+  // first, a large unit lands above the small ones read before it, and the next large one
+  // finds no stretch long enough while the window has its bytes free: the reader waits for
+  // the large one before it to be used. Large blocks therefore go at the top, small ones
+  // at the bottom, and the free memory stays one stretch between them.
+  if (need > memory_.size() / 4) {
+    for (auto it = free_.end(); it != free_.begin();) {
+      --it;
+      if (it->second < need) continue;
+      uint64_t offset = it->first + it->second - need;
+      if (it->second == need) {
+        free_.erase(it);
+      } else {
+        it->second -= need;
+      }
+      used_[offset] = need;
+      return static_cast<int64_t>(offset);
+    }
+    return -1;
+  }
   for (auto it = free_.begin(); it != free_.end(); ++it) {
     if (it->second < need) continue;
     uint64_t offset = it->first, length = it->second;

@@ -21,8 +21,9 @@ class WindowBuffer {
   WindowBuffer(const WindowBuffer&) = delete;
   WindowBuffer& operator=(const WindowBuffer&) = delete;
 
-  // A block of `bytes` (rounded up to pages) at the lowest offset it fits, or -1 when no free
-  // stretch is that long (the caller reads that unit through the page cache instead).
+  // A block of `bytes` (rounded up to pages), or -1 when no free stretch is that long (the
+  // caller reads that unit through the page cache instead). Blocks over a quarter of the
+  // buffer go at the highest offset they fit, the others at the lowest.
   int64_t allocate(uint64_t bytes);
   void free(int64_t block);
   uint8_t* at(int64_t block) const { return memory_.data() + block; }

@@ -6,9 +6,9 @@
 // ready); the readers read what was claimed, in that order.
 #pragma once
 
-#include <chrono>
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <exception>

@@ -471,6 +471,8 @@ void Engine::end(bool failed) {
     entry.forward_seconds = std::chrono::duration<double>(Clock::now() - started_).count();
     if (prefetcher_) {
       PrefetchStats s = prefetcher_->stats();
+      // Taken with the forward's end: the replanning below may read on.
+      entry.forward_read_seconds = std::max(s.reading_seconds - reading_seconds_at_start_, 0.0);
       bool mispredicted = s.mispredicts > 0;
       bool steady = recorded_ && !mispredicted;
       // A new budget makes a new plan: its usage and layout are measured once that has
@@ -503,7 +505,6 @@ void Engine::end(bool failed) {
       entry.mispredicts = s.mispredicts;
       entry.io_wait_seconds = s.wait_seconds;
       entry.read_seconds = s.read_seconds;
-      entry.forward_read_seconds = std::max(s.reading_seconds - reading_seconds_at_start_, 0.0);
       entry.peak_in_flight_bytes = s.peak_in_flight_bytes;
       entry.expert_cache_hits = pass_expert_hits_;
     }

@@ -484,19 +484,19 @@ uint64_t Prefetcher::read_parts(int unit, const std::vector<ByteRange>& parts) {
     read_started_locked();
   }
   auto start = Clock::now();
+  std::exception_ptr error;
   try {
     // Through the file's readahead, as the readers read: what it reads past a part lies in
     // the unit's own room (its other experts) and leaves with it. Reads of exactly the parts
     // were slower (docs/benchmarks.md, "Routed experts").
     read_cached(parts);
   } catch (...) {
-    std::lock_guard<std::mutex> lock(mu_);
-    read_ended_locked();
-    throw;
+    error = std::current_exception();  // thrown once the read is counted as ended
   }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   std::lock_guard<std::mutex> lock(mu_);
   read_ended_locked();
+  if (error) std::rethrow_exception(error);
   stats_.bytes_read += bytes;
   stats_.timed_bytes += bytes;
   stats_.read_seconds += seconds;

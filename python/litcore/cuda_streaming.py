@@ -352,7 +352,8 @@ class CudaRuntime:
 
     def totals(self) -> Dict[str, Any]:
         keys = ["forward_seconds", "bytes_read", "prefetch_hits", "prefetch_misses", "mispredicts", "io_wait_seconds",
-                "read_seconds", "forward_read_seconds", "gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses", "gpu_mispredicts"]
+                "read_seconds", "forward_read_seconds", "gpu_bytes_copied", "gpu_prefetch_hits", "gpu_prefetch_misses",
+                "gpu_mispredicts"]
         return {k: sum(p[k] for p in self._passes) for k in keys}
 
     def take_warnings(self) -> List[str]:

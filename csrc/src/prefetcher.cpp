@@ -151,6 +151,12 @@ void Prefetcher::free_block(int unit) {
 
 uint8_t* Prefetcher::buffer_address(int unit, uint64_t offset) const {
   check_unit(unit);
+  std::lock_guard<std::mutex> lock(mu_);
+  // Only a streamed unit that a wait() holds is read and keeps its block until done(). A
+  // unit a new plan made resident may still hold a block (its read in flight, or its last
+  // use not yet done) that is about to be given back and read into again: it reads the
+  // mapping instead.
+  if (!streamed_[unit] || in_use_[unit] == 0 || state_[unit] != State::Ready) return nullptr;
   int64_t block = block_[unit];
   if (block < 0) return nullptr;
   const auto& runs = runs_[unit];

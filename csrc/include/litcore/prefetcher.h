@@ -156,7 +156,9 @@ class Prefetcher {
   ReadMode read_mode() const;
   // Where the byte at file `offset` of `unit` (a unit wait() returned for, in use) lies in
   // the window's buffer; nullptr when the unit was read into the mapping (any mode but
-  // Buffer, or a unit that found no room in the buffer, or read at once out of order).
+  // Buffer, or a unit that found no room in the buffer, or read at once out of order), and
+  // for a unit that is not streamed under the current order or not in use, whatever its
+  // block still holds.
   uint8_t* buffer_address(int unit, uint64_t offset) const;
   // The window's buffer's size (0: none), what read_mode="buffer" holds beside the mapping.
   uint64_t buffer_bytes() const;
